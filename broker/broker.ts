@@ -1,0 +1,199 @@
+import { join, resolve } from "node:path";
+import type { Worker } from "bullmq";
+import type { Redis } from "ioredis";
+import type { Logger } from "winston";
+import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
+import { adapterFactories } from "../adapters/registry.ts";
+import type { CredentialAdapter } from "../adapters/types.ts";
+import { RevocationQueue } from "../jobs/queues.ts";
+import { Reconciler } from "../jobs/reconciler.ts";
+import { type RevocationWorkerOptions, startRevocationWorker } from "../jobs/revoke.worker.ts";
+import { AuditLog } from "./audit/audit-log.ts";
+import { type Clock, systemClock } from "./clock.ts";
+import { type Config, publicUrl } from "./config.ts";
+import { AgentVerifier } from "./identity/agent-verifier.ts";
+import { Introspection } from "./leases/introspection.ts";
+import type { Lease } from "./leases/lease.ts";
+import { LeaseService } from "./leases/lease-service.ts";
+import { RevocationService } from "./leases/revocation-service.ts";
+import { createLogger } from "./logger.ts";
+import { Metrics } from "./metrics.ts";
+import { PrincipalTokens } from "./operators/principal-tokens.ts";
+import { PolicyEngine } from "./policy/policy-engine.ts";
+import { connectRedis, RecordStore, RedisKeys } from "./redis.ts";
+import type { Task } from "./tasks/task.ts";
+import { TaskService } from "./tasks/task-service.ts";
+
+export interface BrokerOptions {
+  logger?: Logger;
+  clock?: Clock;
+  /** Adapters to use instead of the registry's, by resource name (tests, embedding). */
+  adapters?: ReadonlyMap<string, CredentialAdapter>;
+  /** The issuer URL of broker-signed credentials; default from `http`. */
+  issuer?: string;
+  /** Dev-mode extras shown by the dev routes. */
+  dev?: import("./dev-mode.ts").DevModeSecrets;
+}
+
+/** Everything a broker process holds: clients, domain services, the queue. Stateless itself. */
+export interface Broker {
+  readonly config: Config;
+  readonly redis: Redis;
+  /** The connection BullMQ queues and workers use (never fails a command). */
+  readonly queueConnection: Redis;
+  readonly keys: RedisKeys;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly issuer: string;
+  readonly metrics: Metrics;
+  readonly audit: AuditLog;
+  readonly policy: PolicyEngine;
+  readonly adapters: ReadonlyMap<string, CredentialAdapter>;
+  readonly signingKeys: SigningKeyring;
+  readonly verifier: AgentVerifier;
+  readonly principals: PrincipalTokens;
+  readonly tasks: TaskService;
+  readonly leases: LeaseService;
+  readonly leaseStore: RecordStore<Lease>;
+  readonly taskStore: RecordStore<Task>;
+  readonly revocations: RevocationService;
+  readonly introspection: Introspection;
+  readonly queue: RevocationQueue;
+  readonly reconciler: Reconciler;
+  readonly dev: import("./dev-mode.ts").DevModeSecrets | undefined;
+  /** Starts revocation workers in this process and schedules the reconciler. */
+  startWorkers(options?: Partial<RevocationWorkerOptions>): Promise<Worker>;
+  /** Closes workers, queues, adapters and Redis connections. */
+  close(): Promise<void>;
+}
+
+/** Builds a broker from a validated config. Connects to Redis; does not listen. */
+export async function createBroker(config: Config, options: BrokerOptions = {}): Promise<Broker> {
+  if (!config.redis.url)
+    throw new Error("createBroker needs redis.url (main.ts starts the embedded redis-server)");
+  const logger = options.logger ?? createLogger({ level: config.log.level });
+  const clock = options.clock ?? systemClock;
+  const issuer = options.issuer ?? publicUrl(config);
+  const keys = new RedisKeys(config.redis.prefix);
+  const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
+  const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
+  const signingKeys = await SigningKeyring.load({
+    keyFile: config.signing.keyFile,
+    generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
+    pemAlgorithm: config.signing.pemAlgorithm,
+  });
+
+  const adapters = new Map<string, CredentialAdapter>();
+  for (const resource of config.resources) {
+    const override = options.adapters?.get(resource.name);
+    adapters.set(
+      resource.name,
+      override ??
+        adapterFactories[resource.adapter](resource.options, {
+          resource: resource.name,
+          issuer,
+          signingKeys,
+          logger,
+        }),
+    );
+    if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
+  }
+
+  const metrics = new Metrics({ countLiveLeases: () => redis.zcard(keys.liveLeases), defaultMetrics: false });
+  const audit = new AuditLog(redis, keys, logger, clock);
+  const policy = new PolicyEngine(config);
+  const queue = new RevocationQueue(queueConnection, keys.queuePrefix, config.revocation);
+  const leaseStore = new RecordStore<Lease>(redis, (id) => keys.lease(id));
+  const taskStore = new RecordStore<Task>(redis, (id) => keys.task(id));
+  const leases = new LeaseService({
+    redis,
+    keys,
+    leases: leaseStore,
+    tasks: taskStore,
+    policy,
+    adapters,
+    queue,
+    audit,
+    metrics,
+    clock,
+    logger,
+    config,
+  });
+  const tasks = new TaskService({
+    redis,
+    keys,
+    tasks: taskStore,
+    leasesService: leases,
+    policy,
+    queue,
+    audit,
+    metrics,
+    clock,
+    config,
+  });
+  const revocations = new RevocationService({ redis, keys, leases, tasks, audit, clock });
+  const reconciler = new Reconciler({
+    redis,
+    keys,
+    leases: leaseStore,
+    leaseService: leases,
+    taskService: tasks,
+    queue,
+    adapters,
+    audit,
+    metrics,
+    clock,
+    logger,
+    revocation: config.revocation,
+  });
+  const workers: Worker[] = [];
+
+  return {
+    config,
+    redis,
+    queueConnection,
+    keys,
+    logger,
+    clock,
+    issuer,
+    metrics,
+    audit,
+    policy,
+    adapters,
+    signingKeys,
+    verifier: new AgentVerifier(config.identity, () => clock.now()),
+    principals: new PrincipalTokens(config),
+    tasks,
+    leases,
+    leaseStore,
+    taskStore,
+    revocations,
+    introspection: new Introspection({
+      issuer,
+      signingKeys,
+      leases: leaseStore,
+      tasks: taskStore,
+      audit,
+      clock,
+    }),
+    queue,
+    reconciler,
+    dev: options.dev,
+    async startWorkers(workerOptions = {}) {
+      const worker = startRevocationWorker(
+        { connection: queueConnection, prefix: keys.queuePrefix, leases, tasks, reconciler, logger },
+        { concurrency: config.revocation.concurrency, ...workerOptions },
+      );
+      workers.push(worker);
+      await worker.waitUntilReady();
+      await queue.scheduleReconciler(config.revocation.reconcileIntervalSeconds * 1000);
+      return worker;
+    },
+    async close() {
+      await Promise.allSettled(workers.map((worker) => worker.close()));
+      await queue.close();
+      await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));
+      await Promise.allSettled([redis.quit(), queueConnection.quit()]);
+    },
+  };
+}

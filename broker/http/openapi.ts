@@ -1,0 +1,248 @@
+import { z } from "zod";
+import {
+  AuditEventSchema,
+  AuditListQuery,
+  CreateTaskBody,
+  CredentialSchema,
+  DecisionBody,
+  ErrorSchema,
+  IntrospectBody,
+  IntrospectionSchema,
+  LeaseListQuery,
+  LeaseSchema,
+  MintLeaseBody,
+  RevocationBody,
+  TaskListQuery,
+  TaskSchema,
+} from "./schemas.ts";
+
+type Who = "agent" | "operator" | "introspector" | "anyone";
+
+interface RouteDoc {
+  method: "get" | "post" | "delete";
+  path: string;
+  summary: string;
+  who: Who[];
+  body?: z.ZodType;
+  query?: z.ZodObject;
+  status: number;
+  response: z.ZodType;
+}
+
+const id = z.object({ id: z.string() });
+const routes: RouteDoc[] = [
+  {
+    method: "post",
+    path: "/v1/tasks",
+    summary: "Declare a task",
+    who: ["agent"],
+    body: CreateTaskBody,
+    status: 201,
+    response: z.object({ task: TaskSchema }),
+  },
+  {
+    method: "get",
+    path: "/v1/tasks",
+    summary: "List tasks",
+    who: ["operator"],
+    query: TaskListQuery,
+    status: 200,
+    response: z.object({ tasks: z.array(TaskSchema) }),
+  },
+  {
+    method: "get",
+    path: "/v1/tasks/{id}",
+    summary: "Read a task",
+    who: ["agent", "operator"],
+    status: 200,
+    response: z.object({ task: TaskSchema }),
+  },
+  {
+    method: "post",
+    path: "/v1/tasks/{id}/approve",
+    summary: "Approve a pending task",
+    who: ["operator"],
+    body: DecisionBody,
+    status: 200,
+    response: z.object({ task: TaskSchema }),
+  },
+  {
+    method: "post",
+    path: "/v1/tasks/{id}/deny",
+    summary: "Deny a pending task",
+    who: ["operator"],
+    body: DecisionBody,
+    status: 200,
+    response: z.object({ task: TaskSchema }),
+  },
+  {
+    method: "post",
+    path: "/v1/tasks/{id}/complete",
+    summary: "Complete a task and revoke its leases",
+    who: ["agent", "operator"],
+    status: 200,
+    response: z.object({ task: TaskSchema, revoking: z.number().int() }),
+  },
+  {
+    method: "post",
+    path: "/v1/tasks/{id}/leases",
+    summary: "Mint a lease (the credential is returned once)",
+    who: ["agent"],
+    body: MintLeaseBody,
+    status: 201,
+    response: z.object({ lease: LeaseSchema, credential: CredentialSchema }),
+  },
+  {
+    method: "get",
+    path: "/v1/leases",
+    summary: "List leases",
+    who: ["operator"],
+    query: LeaseListQuery,
+    status: 200,
+    response: z.object({ leases: z.array(LeaseSchema) }),
+  },
+  {
+    method: "get",
+    path: "/v1/leases/{id}",
+    summary: "Read a lease (never the secret)",
+    who: ["agent", "operator"],
+    status: 200,
+    response: z.object({ lease: LeaseSchema }),
+  },
+  {
+    method: "delete",
+    path: "/v1/leases/{id}",
+    summary: "Release a lease early",
+    who: ["agent", "operator"],
+    status: 202,
+    response: z.object({ lease: LeaseSchema }),
+  },
+  {
+    method: "post",
+    path: "/v1/revocations",
+    summary: "Force revocation",
+    who: ["operator"],
+    body: RevocationBody,
+    status: 202,
+    response: z.object({ revocation: id.extend({ matched: z.number().int() }).catchall(z.unknown()) }),
+  },
+  {
+    method: "post",
+    path: "/v1/introspect",
+    summary: "RFC 7662 token introspection",
+    who: ["introspector", "operator"],
+    body: IntrospectBody,
+    status: 200,
+    response: IntrospectionSchema,
+  },
+  {
+    method: "get",
+    path: "/v1/audit",
+    summary: "Audit events, oldest first",
+    who: ["operator"],
+    query: AuditListQuery,
+    status: 200,
+    response: z.object({ events: z.array(AuditEventSchema) }),
+  },
+  {
+    method: "get",
+    path: "/.well-known/jwks.json",
+    summary: "Public keys of broker-signed credentials",
+    who: ["anyone"],
+    status: 200,
+    response: z.object({ keys: z.array(z.record(z.string(), z.unknown())) }),
+  },
+  {
+    method: "get",
+    path: "/healthz",
+    summary: "Liveness",
+    who: ["anyone"],
+    status: 200,
+    response: z.object({ status: z.string() }),
+  },
+  {
+    method: "get",
+    path: "/readyz",
+    summary: "Readiness: Redis reachable, workers attached",
+    who: ["anyone"],
+    status: 200,
+    response: z.object({ status: z.string() }).catchall(z.unknown()),
+  },
+];
+
+const ERROR_STATUSES: Record<string, string> = {
+  "400": "invalid_request",
+  "401": "unauthenticated",
+  "403": "forbidden or policy_denied",
+  "404": "not_found",
+  "409": "task_not_approved or task_closed",
+  "429": "rate_limited",
+  "502": "adapter_unavailable",
+};
+
+/** The OpenAPI 3.1 document, generated from the same zod schemas that validate requests. */
+export function buildOpenApi(serverUrl: string): Record<string, unknown> {
+  const json = (schema: z.ZodType, io: "input" | "output") =>
+    z.toJSONSchema(schema, { io, unrepresentable: "any" });
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const route of routes) {
+    const parameters: unknown[] = [];
+    if (route.path.includes("{id}"))
+      parameters.push({ name: "id", in: "path", required: true, schema: { type: "string" } });
+    for (const [name, schema] of Object.entries(route.query?.shape ?? {})) {
+      parameters.push({ name, in: "query", required: false, schema: json(schema as z.ZodType, "input") });
+    }
+    const responses: Record<string, unknown> = {
+      [route.status]: {
+        description: "Success",
+        content: { "application/json": { schema: json(route.response, "output") } },
+      },
+    };
+    if (!route.who.includes("anyone")) {
+      for (const [status, codes] of Object.entries(ERROR_STATUSES)) {
+        responses[status] = {
+          description: codes,
+          content: { "application/json": { schema: { $ref: "#/components/schemas/Error" } } },
+        };
+      }
+    }
+    paths[route.path] = {
+      ...paths[route.path],
+      [route.method]: {
+        summary: route.summary,
+        description: `Caller: ${route.who.join(" or ")}`,
+        security: route.who.includes("anyone") ? [] : [{ bearer: [] }],
+        parameters,
+        ...(route.body
+          ? {
+              requestBody: {
+                required: route.method === "post" && route.body !== DecisionBody,
+                content: { "application/json": { schema: json(route.body, "input") } },
+              },
+            }
+          : {}),
+        responses,
+      },
+    };
+  }
+  return {
+    openapi: "3.1.0",
+    info: {
+      title: "jitkey",
+      version: "1",
+      description: "Just-in-time, task-scoped, short-lived credentials",
+    },
+    servers: [{ url: serverUrl }],
+    components: {
+      securitySchemes: {
+        bearer: {
+          type: "http",
+          scheme: "bearer",
+          description: "Agent identity JWT, operator or introspector token",
+        },
+      },
+      schemas: { Error: json(ErrorSchema, "output") },
+    },
+    paths,
+  };
+}

@@ -1,0 +1,69 @@
+import { Router } from "express";
+import type { Broker } from "../broker.ts";
+import { leaseView } from "../leases/lease.ts";
+import type { Task } from "../tasks/task.ts";
+import type { Authenticator } from "./auth.ts";
+import { CreateTaskBody, DecisionBody, MintLeaseBody, TaskListQuery } from "./schemas.ts";
+import { validate } from "./validate.ts";
+
+/** What the API shows of a task. */
+export function taskView(task: Task) {
+  const { tenant: _tenant, ...view } = task;
+  return view;
+}
+
+/** `/v1/tasks`: create, read, list, approve/deny, complete, and mint leases for a task. */
+export function tasksRouter(broker: Broker, auth: Authenticator): Router {
+  const router = Router();
+
+  router.post("/", async (req, res) => {
+    const agent = await auth.agent(req);
+    const body = validate(CreateTaskBody, req.body);
+    const task = await broker.tasks.create(agent, body);
+    res
+      .status(201)
+      .location(`/v1/tasks/${task.id}`)
+      .json({ task: taskView(task) });
+  });
+
+  router.get("/", async (req, res) => {
+    await auth.operator(req);
+    const query = validate(TaskListQuery, req.query);
+    const tasks = await broker.tasks.list(query);
+    res.json({ tasks: tasks.map(taskView) });
+  });
+
+  router.get("/:id", async (req, res) => {
+    const principal = await auth.require(req, "agent", "operator");
+    res.json({ task: taskView(await broker.tasks.get(req.params.id, principal)) });
+  });
+
+  for (const decision of ["approve", "deny"] as const) {
+    router.post(`/:id/${decision}`, async (req, res) => {
+      const operator = await auth.operator(req);
+      const { note } = validate(DecisionBody, req.body);
+      const task = await broker.tasks.decide(req.params.id, operator, decision === "approve", note);
+      res.json({ task: taskView(task) });
+    });
+  }
+
+  router.post("/:id/complete", async (req, res) => {
+    const principal = await auth.require(req, "agent", "operator");
+    const { task, revoking } = await broker.tasks.complete(req.params.id, principal);
+    res.json({ task: taskView(task), revoking });
+  });
+
+  router.post("/:id/leases", async (req, res) => {
+    const agent = await auth.agent(req);
+    const body = validate(MintLeaseBody, req.body);
+    const { lease, credential } = await broker.leases.mint(agent, req.params.id, body);
+    // The secret travels in this one response; nothing may cache it.
+    res.set("Cache-Control", "no-store").set("Pragma", "no-cache");
+    res
+      .status(201)
+      .location(`/v1/leases/${lease.id}`)
+      .json({ lease: leaseView(lease), credential });
+  });
+
+  return router;
+}

@@ -1,0 +1,403 @@
+import type { Redis } from "ioredis";
+import type { Logger } from "winston";
+import { AdapterError, type CredentialAdapter, type IssuedCredential } from "../../adapters/types.ts";
+import type { RevocationQueue } from "../../jobs/queues.ts";
+import type { AuditLog } from "../audit/audit-log.ts";
+import type { Clock } from "../clock.ts";
+import type { Config } from "../config.ts";
+import {
+  AdapterUnavailableError,
+  ForbiddenError,
+  InvalidRequestError,
+  type JitkeyError,
+  NotFoundError,
+  PolicyDeniedError,
+  TaskClosedError,
+  TaskNotApprovedError,
+} from "../errors.ts";
+import { type AgentPrincipal, actorOf, type Principal } from "../identity/principal.ts";
+import { newId } from "../ids.ts";
+import type { Metrics } from "../metrics.ts";
+import type { PolicyEngine } from "../policy/policy-engine.ts";
+import type { RecordStore, RedisKeys } from "../redis.ts";
+import type { Task } from "../tasks/task.ts";
+import { type Lease, type LeaseStatus, type RevokeReason, UNREVOKED_LEASE_STATUSES } from "./lease.ts";
+
+/** What the revocation job tells the lease service about the attempt it is making. */
+export interface RevokeAttempt {
+  /** The job is the lease's scheduled expiry. */
+  expiry: boolean;
+  /** This is the last attempt the job will make. */
+  final: boolean;
+}
+
+export interface LeaseFilter {
+  status?: LeaseStatus;
+  taskId?: string;
+  agentId?: string;
+  resource?: string;
+  limit: number;
+}
+
+export interface LeaseServiceDeps {
+  redis: Redis;
+  keys: RedisKeys;
+  leases: RecordStore<Lease>;
+  tasks: RecordStore<Task>;
+  policy: PolicyEngine;
+  adapters: ReadonlyMap<string, CredentialAdapter>;
+  queue: RevocationQueue;
+  audit: AuditLog;
+  metrics: Metrics;
+  clock: Clock;
+  logger: Logger;
+  config: Pick<Config, "retention">;
+}
+
+/**
+ * Mints and revokes leases. The HTTP routes and the revocation jobs both go through here.
+ *
+ * Mint order is crash-safe: the lease is written as `issuing` with its expiry job scheduled
+ * before the adapter is asked for anything, and adapters name what they create after the
+ * lease id, so whatever happens next, the revocation path can find and remove it.
+ */
+export class LeaseService {
+  constructor(private readonly deps: LeaseServiceDeps) {}
+
+  /** Mints a credential for an approved task. The secret is returned here and nowhere else. */
+  async mint(
+    agent: AgentPrincipal,
+    taskId: string,
+    request: { resource: string; scopes?: string[]; ttlSeconds?: number },
+  ): Promise<{ lease: Lease; credential: IssuedCredential["credential"] }> {
+    const { audit, clock, policy, metrics } = this.deps;
+    const task = await this.deps.tasks.get(taskId);
+    if (!task) throw new NotFoundError("task");
+    if (task.agentId !== agent.id)
+      throw new ForbiddenError("only the agent that created the task may mint for it");
+    const denied = async (error: JitkeyError): Promise<never> => {
+      metrics.denials.inc({ decision: "lease", code: error.code });
+      await audit.record({
+        type: "lease_denied",
+        actor: actorOf(agent),
+        agentId: agent.id,
+        taskId,
+        resource: request.resource,
+        decision: "deny",
+        reason: error instanceof PolicyDeniedError ? error.reason : error.message,
+      });
+      throw error;
+    };
+    if (task.status === "pending") return denied(new TaskNotApprovedError(taskId));
+    const now = clock.now();
+    if (task.status !== "approved") return denied(new TaskClosedError(taskId, task.status));
+    if (Date.parse(task.expiresAt) <= now) return denied(new TaskClosedError(taskId, "expired"));
+
+    let decision: ReturnType<PolicyEngine["evaluateLease"]>;
+    try {
+      decision = policy.evaluateLease(agent.id, task, request);
+    } catch (error) {
+      if (error instanceof PolicyDeniedError) return denied(error);
+      throw error;
+    }
+    const resource = policy.resource(request.resource);
+    const adapter = this.deps.adapters.get(request.resource);
+    if (!resource || !adapter)
+      return denied(new PolicyDeniedError(`resource ${request.resource} is not configured`));
+
+    // A lease never outlives its task; expiry is whole seconds because JWT `exp` is.
+    const ttlMs = (request.ttlSeconds ?? decision.maxTtlSeconds) * 1000;
+    const expiresAtMs = Math.floor(Math.min(now + ttlMs, Date.parse(task.expiresAt)) / 1000) * 1000;
+    if (expiresAtMs <= now) return denied(new TaskClosedError(taskId, "expiring"));
+    const lease: Lease = {
+      id: newId("lse"),
+      tenant: task.tenant,
+      taskId,
+      agentId: agent.id,
+      resource: resource.name,
+      adapter: resource.adapter,
+      scopes: decision.scopes,
+      issuedAt: new Date(now).toISOString(),
+      expiresAt: new Date(expiresAtMs).toISOString(),
+      status: "issuing",
+      revocable: adapter.capabilities.revocation !== "none",
+      revocation: adapter.capabilities.revocation,
+    };
+    await this.writeIssuing(lease, now);
+
+    // The task may have closed while the lease was being written: completion reads the task's
+    // lease set after closing the task, so either it saw this lease or this read sees it closed.
+    const current = await this.deps.tasks.get(taskId);
+    if (current?.status !== "approved") {
+      await this.requestRevoke(
+        [lease.id],
+        current?.status === "completed" ? "task_completed" : "policy",
+        "system",
+      );
+      return denied(new TaskClosedError(taskId, current?.status ?? "missing"));
+    }
+
+    let issued: IssuedCredential;
+    try {
+      issued = await adapter.issue({
+        leaseId: lease.id,
+        taskId,
+        agentId: agent.id,
+        resource: resource.name,
+        scopes: lease.scopes,
+        expiresAt: new Date(expiresAtMs),
+      });
+    } catch (error) {
+      metrics.issueFailures.inc({ resource: resource.name });
+      const reason = error instanceof AdapterError ? error.message : "adapter failed";
+      this.deps.logger.warn("adapter issue failed", {
+        leaseId: lease.id,
+        resource: resource.name,
+        error: reason,
+      });
+      // Whatever the adapter created before failing is named after the lease id: revoke it.
+      await this.requestRevoke([lease.id], "issue_failed", "system");
+      await audit.record({
+        type: "lease_issue_failed",
+        actor: actorOf(agent),
+        agentId: agent.id,
+        taskId,
+        leaseId: lease.id,
+        resource: resource.name,
+        decision: "deny",
+        reason,
+      });
+      throw new AdapterUnavailableError(`${resource.name}: ${reason}`);
+    }
+
+    const expiresAt =
+      issued.expiresAt && issued.expiresAt.getTime() < expiresAtMs ? issued.expiresAt : new Date(expiresAtMs);
+    const activated = await this.deps.leases.transition(lease.id, ["issuing"], {
+      status: "active",
+      handle: issued.handle,
+      expiresAt: expiresAt.toISOString(),
+    });
+    if (issued.handle)
+      await this.deps.redis.hset(this.deps.keys.resourceHandles(resource.name), issued.handle, lease.id);
+    if (!activated.changed) {
+      // Revoked while the adapter worked (task completed, operator): keep the handle for the revoker.
+      await this.deps.leases.transition(lease.id, UNREVOKED_LEASE_STATUSES, { handle: issued.handle });
+      await this.deps.queue.revokeNow([
+        { id: lease.id, revokeRound: (activated.record?.revokeRound ?? 1) + 1 },
+      ]);
+      return denied(new TaskClosedError(taskId, "revoked"));
+    }
+    metrics.leasesMinted.inc({ resource: resource.name, adapter: resource.adapter });
+    await audit.record({
+      type: "lease_issued",
+      actor: actorOf(agent),
+      agentId: agent.id,
+      taskId,
+      leaseId: lease.id,
+      resource: resource.name,
+      decision: "allow",
+      reason: `rule ${policy.ruleName(decision.rule)}`,
+      scopes: lease.scopes,
+      expiresAt: expiresAt.toISOString(),
+    });
+    return { lease: activated.record as Lease, credential: issued.credential };
+  }
+
+  /** A lease, if the principal may see it. */
+  async get(leaseId: string, principal: Principal): Promise<Lease> {
+    const lease = await this.deps.leases.get(leaseId);
+    if (!lease) throw new NotFoundError("lease");
+    if (principal.kind === "operator") return lease;
+    if (principal.kind === "agent" && principal.id === lease.agentId) return lease;
+    throw new ForbiddenError("only the owning agent or an operator may see this lease");
+  }
+
+  /** Leases newest first, by the most selective index the filter allows. */
+  async list(filter: LeaseFilter): Promise<Lease[]> {
+    const { redis, keys } = this.deps;
+    let ids: string[];
+    if (filter.taskId) ids = await redis.smembers(keys.taskLeases(filter.taskId));
+    else if (filter.agentId) ids = await redis.smembers(keys.agentLeases(filter.agentId));
+    else if (filter.resource) ids = await redis.smembers(keys.resourceLeases(filter.resource));
+    else if (filter.status && filter.status !== "revoked") {
+      const index = filter.status === "revoke_failed" ? keys.failedLeases : keys.liveLeases;
+      ids = await redis.zrange(index, 0, -1);
+    } else ids = await redis.zrevrange(keys.allLeases, 0, filter.limit * 10 - 1);
+    const leases = await this.deps.leases.getMany(ids);
+    return leases
+      .filter(
+        (lease) =>
+          (!filter.status || lease.status === filter.status) &&
+          (!filter.taskId || lease.taskId === filter.taskId) &&
+          (!filter.agentId || lease.agentId === filter.agentId) &&
+          (!filter.resource || lease.resource === filter.resource),
+      )
+      .sort((a, b) => b.issuedAt.localeCompare(a.issuedAt))
+      .slice(0, filter.limit);
+  }
+
+  /** Early release by the owning agent or an operator. */
+  async release(leaseId: string, principal: Principal): Promise<Lease> {
+    const lease = await this.get(leaseId, principal);
+    const [moved] = await this.requestRevoke(
+      [lease.id],
+      principal.kind === "operator" ? "operator" : "released",
+      actorOf(principal),
+    );
+    return moved ?? ((await this.deps.leases.get(leaseId)) as Lease);
+  }
+
+  /**
+   * Moves leases to `revoking` and enqueues their revocation (one `addBulk`). A lease already
+   * revoking is left to the job that owns it; a `revoke_failed` lease gets a new round.
+   * Returns the leases this call moved.
+   */
+  async requestRevoke(
+    leaseIds: string[],
+    reason: RevokeReason,
+    actor: string,
+    dueAt?: Date,
+  ): Promise<Lease[]> {
+    const now = (dueAt ?? new Date(this.deps.clock.now())).toISOString();
+    const moved: Lease[] = [];
+    for (const id of leaseIds) {
+      const current = await this.deps.leases.get(id);
+      if (!current || !["issuing", "active", "revoke_failed"].includes(current.status)) continue;
+      const round = (current.revokeRound ?? 0) + 1;
+      const result = await this.deps.leases.transition(id, [current.status], {
+        status: "revoking",
+        revokeReason: current.status === "revoke_failed" ? current.revokeReason : reason,
+        revokeRequestedAt:
+          current.revokeRequestedAt && current.status === "revoke_failed" ? current.revokeRequestedAt : now,
+        revokeRequestedBy: actor,
+        revokeRound: round,
+      });
+      if (result.changed && result.record) moved.push(result.record);
+    }
+    await this.deps.queue.revokeNow(moved);
+    for (const lease of moved) {
+      await this.deps.audit.record({
+        type: "lease_revoke_requested",
+        actor,
+        agentId: lease.agentId,
+        taskId: lease.taskId,
+        leaseId: lease.id,
+        resource: lease.resource,
+        reason: lease.revokeReason,
+      });
+    }
+    return moved;
+  }
+
+  /**
+   * Revokes one lease through its adapter; called by the revocation job. Idempotent.
+   * Throws to make the job retry; on the final attempt (or a permanent adapter error) the
+   * lease is marked `revoke_failed`, counted and audited before the error propagates.
+   */
+  async revokeFromJob(leaseId: string, attempt: RevokeAttempt): Promise<"revoked" | "skipped"> {
+    const { leases, clock } = this.deps;
+    let lease = await leases.get(leaseId);
+    if (!lease || lease.status === "revoked") return "skipped";
+    if (lease.status === "issuing" || lease.status === "active") {
+      if (!attempt.expiry) return "skipped";
+      const moved = await leases.transition(leaseId, [lease.status], {
+        status: "revoking",
+        revokeReason: "expired",
+        revokeRequestedAt: lease.expiresAt,
+        revokeRequestedBy: "system",
+        revokeRound: (lease.revokeRound ?? 0) + 1,
+      });
+      if (!moved.changed || !moved.record) return "skipped";
+      lease = moved.record;
+    } else if (attempt.expiry && lease.status === "revoke_failed") {
+      return "skipped";
+    }
+    const adapter = this.deps.adapters.get(lease.resource);
+    try {
+      if (!adapter)
+        throw new AdapterError(`resource ${lease.resource} is no longer configured`, { permanent: true });
+      await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle: lease.handle });
+    } catch (error) {
+      const permanent = error instanceof AdapterError && error.permanent;
+      if (permanent || attempt.final) await this.markRevokeFailed(lease, error);
+      throw error;
+    }
+    const revokedAt = clock.now();
+    const done = await leases.transition(lease.id, ["revoking", "revoke_failed"], {
+      status: "revoked",
+      revokedAt: new Date(revokedAt).toISOString(),
+    });
+    if (!done.changed) return "skipped";
+    await this.afterRevoked(lease, revokedAt);
+    return "revoked";
+  }
+
+  private async afterRevoked(lease: Lease, revokedAt: number): Promise<void> {
+    const { redis, keys, metrics, audit } = this.deps;
+    const pipeline = redis.pipeline();
+    pipeline.zrem(keys.liveLeases, lease.id);
+    pipeline.zrem(keys.failedLeases, lease.id);
+    if (lease.handle) pipeline.hdel(keys.resourceHandles(lease.resource), lease.handle);
+    await pipeline.exec();
+    await this.deps.leases.expireAfter(lease.id, this.deps.config.retention.leaseRecordDays * 86_400);
+    if (lease.revokeReason !== "expired") await this.deps.queue.cancelLeaseExpiry(lease.id);
+    const reason = lease.revokeReason ?? "expired";
+    const dueAt = Date.parse(lease.revokeRequestedAt ?? lease.expiresAt);
+    const lagSeconds = Math.max(0, (revokedAt - dueAt) / 1000);
+    metrics.revocations.inc({ reason, resource: lease.resource });
+    metrics.revokeLag.observe({ reason }, lagSeconds);
+    await audit.record({
+      type: "lease_revoked",
+      actor: lease.revokeRequestedBy ?? "system",
+      agentId: lease.agentId,
+      taskId: lease.taskId,
+      leaseId: lease.id,
+      resource: lease.resource,
+      reason,
+      lagSeconds,
+    });
+  }
+
+  private async markRevokeFailed(lease: Lease, error: unknown): Promise<void> {
+    const now = this.deps.clock.now();
+    const message = error instanceof Error ? error.message : "revoke failed";
+    const marked = await this.deps.leases.transition(lease.id, ["revoking"], {
+      status: "revoke_failed",
+      revokeFailedAt: new Date(now).toISOString(),
+      lastError: message,
+    });
+    if (!marked.changed) return;
+    await this.deps.redis.zadd(this.deps.keys.failedLeases, now, lease.id);
+    this.deps.metrics.revokeFailures.inc({ resource: lease.resource });
+    this.deps.logger.error("lease revoke failed", {
+      leaseId: lease.id,
+      resource: lease.resource,
+      error: message,
+    });
+    await this.deps.audit.record({
+      type: "lease_revoke_failed",
+      actor: "system",
+      agentId: lease.agentId,
+      taskId: lease.taskId,
+      leaseId: lease.id,
+      resource: lease.resource,
+      reason: message,
+    });
+  }
+
+  /** Writes a new `issuing` lease, its indexes and its expiry job, before any adapter call. */
+  private async writeIssuing(lease: Lease, now: number): Promise<void> {
+    const { redis, keys } = this.deps;
+    if (!(await this.deps.leases.create(lease))) throw new InvalidRequestError("lease id collision, retry");
+    const expiresAtMs = Date.parse(lease.expiresAt);
+    await redis
+      .multi()
+      .sadd(keys.taskLeases(lease.taskId), lease.id)
+      .sadd(keys.agentLeases(lease.agentId), lease.id)
+      .sadd(keys.resourceLeases(lease.resource), lease.id)
+      .zadd(keys.allLeases, now, lease.id)
+      .zadd(keys.liveLeases, expiresAtMs, lease.id)
+      .exec();
+    await this.deps.queue.scheduleLeaseExpiry(lease.id, new Date(expiresAtMs), now);
+  }
+}

@@ -1,0 +1,56 @@
+import type { RevocationMode } from "../../adapters/types.ts";
+
+export const LEASE_STATUSES = ["issuing", "active", "revoking", "revoked", "revoke_failed"] as const;
+export type LeaseStatus = (typeof LEASE_STATUSES)[number];
+
+/** Statuses of a lease that may still hold a live credential somewhere. */
+export const UNREVOKED_LEASE_STATUSES: readonly LeaseStatus[] = [
+  "issuing",
+  "active",
+  "revoking",
+  "revoke_failed",
+];
+
+export const REVOKE_REASONS = [
+  "expired",
+  "task_completed",
+  "released",
+  "operator",
+  "policy",
+  "issue_failed",
+] as const;
+export type RevokeReason = (typeof REVOKE_REASONS)[number];
+
+/**
+ * One credential minted for one task from one resource. Holds no secret: `handle` is the
+ * adapter's non-secret reference (Vault lease id, token accessor, role name).
+ */
+export interface Lease {
+  id: string;
+  tenant: string;
+  taskId: string;
+  agentId: string;
+  resource: string;
+  adapter: string;
+  scopes: string[];
+  issuedAt: string;
+  expiresAt: string;
+  status: LeaseStatus;
+  revocable: boolean;
+  revocation: RevocationMode;
+  handle?: string;
+  revokeReason?: RevokeReason;
+  revokeRequestedAt?: string;
+  revokeRequestedBy?: string;
+  /** Counts revocation rounds, so a retry after `revoke_failed` gets a fresh job id. */
+  revokeRound?: number;
+  revokedAt?: string;
+  revokeFailedAt?: string;
+  lastError?: string;
+}
+
+/** What the API shows of a lease. */
+export function leaseView(lease: Lease) {
+  const { tenant: _tenant, handle: _handle, revokeRound: _round, ...view } = lease;
+  return view;
+}

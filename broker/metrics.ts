@@ -1,0 +1,77 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+/** The broker's Prometheus metrics, on a registry of its own (one per broker instance). */
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly leasesMinted = new Counter({
+    name: "jitkey_leases_minted_total",
+    help: "Leases issued, by resource and adapter",
+    labelNames: ["resource", "adapter"] as const,
+    registers: [this.registry],
+  });
+
+  readonly denials = new Counter({
+    name: "jitkey_denials_total",
+    help: "Requests denied, by what was denied and the error code",
+    labelNames: ["decision", "code"] as const,
+    registers: [this.registry],
+  });
+
+  readonly issueFailures = new Counter({
+    name: "jitkey_issue_failures_total",
+    help: "Adapter failures while issuing, by resource",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
+
+  readonly revocations = new Counter({
+    name: "jitkey_revocations_total",
+    help: "Leases revoked, by reason and resource",
+    labelNames: ["reason", "resource"] as const,
+    registers: [this.registry],
+  });
+
+  readonly revokeFailures = new Counter({
+    name: "jitkey_revoke_failures_total",
+    help: "Leases marked revoke_failed after their last attempt, by resource",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
+
+  readonly revokeLag = new Histogram({
+    name: "jitkey_revoke_lag_seconds",
+    help: "Seconds from when a revocation was due (expiry or request) to when the adapter confirmed it",
+    labelNames: ["reason"] as const,
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900],
+    registers: [this.registry],
+  });
+
+  readonly reconciled = new Counter({
+    name: "jitkey_reconciler_actions_total",
+    help: "Leases and tasks the reconciler acted on, by action",
+    labelNames: ["action"] as const,
+    registers: [this.registry],
+  });
+
+  readonly identityRejected = new Counter({
+    name: "jitkey_identity_rejected_total",
+    help: "Agent identity tokens rejected",
+    registers: [this.registry],
+  });
+
+  readonly liveLeases: Gauge;
+
+  constructor(options: { countLiveLeases?: () => Promise<number>; defaultMetrics?: boolean } = {}) {
+    const countLiveLeases = options.countLiveLeases;
+    this.liveLeases = new Gauge({
+      name: "jitkey_live_leases",
+      help: "Leases not yet revoked",
+      registers: [this.registry],
+      async collect() {
+        if (countLiveLeases) this.set(await countLiveLeases());
+      },
+    });
+    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: "jitkey_process_" });
+  }
+}

@@ -1,0 +1,148 @@
+import type { Redis } from "ioredis";
+import type { Logger } from "winston";
+import type { CredentialAdapter } from "../adapters/types.ts";
+import type { AuditLog } from "../broker/audit/audit-log.ts";
+import type { Clock } from "../broker/clock.ts";
+import type { Config } from "../broker/config.ts";
+import type { Lease } from "../broker/leases/lease.ts";
+import type { LeaseService } from "../broker/leases/lease-service.ts";
+import type { Metrics } from "../broker/metrics.ts";
+import type { RecordStore, RedisKeys } from "../broker/redis.ts";
+import type { TaskService } from "../broker/tasks/task-service.ts";
+import type { RevocationQueue } from "./queues.ts";
+
+/** What one reconciler pass did. */
+export interface ReconcileReport {
+  expiredLeases: number;
+  staleIssuing: number;
+  requeued: number;
+  retriedFailed: number;
+  expiredTasks: number;
+  orphans: number;
+}
+
+const PAGE = 500;
+
+/**
+ * Finds what the normal path missed — a lost delayed job, a broker that crashed mid-mint, a
+ * worker that died mid-revoke, a revocation that failed for good — and sets it right.
+ * Runs as a repeatable job, so one worker at a time does it.
+ */
+export class Reconciler {
+  constructor(
+    private readonly deps: {
+      redis: Redis;
+      keys: RedisKeys;
+      leases: RecordStore<Lease>;
+      leaseService: LeaseService;
+      taskService: TaskService;
+      queue: RevocationQueue;
+      adapters: ReadonlyMap<string, CredentialAdapter>;
+      audit: AuditLog;
+      metrics: Metrics;
+      clock: Clock;
+      logger: Logger;
+      revocation: Config["revocation"];
+    },
+  ) {}
+
+  async run(): Promise<ReconcileReport> {
+    const report: ReconcileReport = {
+      expiredLeases: 0,
+      staleIssuing: 0,
+      requeued: 0,
+      retriedFailed: 0,
+      expiredTasks: 0,
+      orphans: 0,
+    };
+    await this.reconcileLiveLeases(report);
+    await this.retryFailed(report);
+    await this.expireTasks(report);
+    await this.sweepOrphans(report);
+    for (const [action, count] of Object.entries(report))
+      if (count > 0) this.deps.metrics.reconciled.inc({ action }, count);
+    if (Object.values(report).some((count) => count > 0))
+      this.deps.logger.info("reconciler acted", { report });
+    return report;
+  }
+
+  private async reconcileLiveLeases(report: ReconcileReport): Promise<void> {
+    const { redis, keys, clock, leaseService, queue } = this.deps;
+    const now = clock.now();
+    const staleMs = this.deps.revocation.staleSeconds * 1000;
+    for (let offset = 0; ; offset += PAGE) {
+      const ids = await redis.zrange(keys.liveLeases, offset, offset + PAGE - 1);
+      if (ids.length === 0) break;
+      const leases = await this.deps.leases.getMany(ids);
+      const present = new Set(leases.map((lease) => lease.id));
+      const vanished = ids.filter((id) => !present.has(id));
+      if (vanished.length > 0) await redis.zrem(keys.liveLeases, ...vanished);
+      for (const lease of leases) {
+        const expiresAt = Date.parse(lease.expiresAt);
+        if ((lease.status === "active" || lease.status === "issuing") && expiresAt <= now) {
+          report.expiredLeases += (
+            await leaseService.requestRevoke([lease.id], "expired", "system", new Date(expiresAt))
+          ).length;
+        } else if (lease.status === "issuing" && Date.parse(lease.issuedAt) + staleMs <= now) {
+          report.staleIssuing += (
+            await leaseService.requestRevoke([lease.id], "issue_failed", "system")
+          ).length;
+        } else if (
+          lease.status === "revoking" &&
+          Date.parse(lease.revokeRequestedAt ?? lease.issuedAt) + staleMs <= now
+        ) {
+          // Same job id as the round it belongs to: a job still queued or retrying absorbs this.
+          await queue.revokeNow([lease]);
+          report.requeued += 1;
+        } else if (lease.status === "revoked") {
+          await redis.zrem(keys.liveLeases, lease.id);
+        }
+      }
+      if (ids.length < PAGE) break;
+    }
+  }
+
+  private async retryFailed(report: ReconcileReport): Promise<void> {
+    const { redis, keys, clock } = this.deps;
+    const before = clock.now() - this.deps.revocation.retryFailedAfterSeconds * 1000;
+    const ids = await redis.zrangebyscore(keys.failedLeases, "-inf", before, "LIMIT", 0, PAGE);
+    if (ids.length === 0) return;
+    const moved = await this.deps.leaseService.requestRevoke(ids, "expired", "system");
+    // A retried lease leaves the failed index until it fails again.
+    await redis.zrem(keys.failedLeases, ...moved.map((lease) => lease.id));
+    report.retriedFailed += moved.length;
+  }
+
+  private async expireTasks(report: ReconcileReport): Promise<void> {
+    const { redis, keys, clock } = this.deps;
+    const ids = await redis.zrangebyscore(keys.liveTasks, "-inf", clock.now(), "LIMIT", 0, PAGE);
+    for (const id of ids) if (await this.deps.taskService.expireIfDue(id)) report.expiredTasks += 1;
+  }
+
+  private async sweepOrphans(report: ReconcileReport): Promise<void> {
+    const { redis, keys, clock } = this.deps;
+    const createdBefore = new Date(clock.now() - this.deps.revocation.staleSeconds * 1000);
+    for (const [resource, adapter] of this.deps.adapters) {
+      if (!adapter.sweepOrphans) continue;
+      try {
+        const { revoked } = await adapter.sweepOrphans({
+          createdBefore,
+          isHandleOwned: async (handle) =>
+            (await redis.hexists(keys.resourceHandles(resource), handle)) === 1,
+        });
+        for (const handle of revoked) {
+          await this.deps.audit.record({
+            type: "orphan_revoked",
+            actor: "system",
+            resource,
+            reason: "no live lease owns it",
+            handle,
+          });
+        }
+        report.orphans += revoked.length;
+      } catch (error) {
+        this.deps.logger.warn("orphan sweep failed", { resource, error: (error as Error).message });
+      }
+    }
+  }
+}
