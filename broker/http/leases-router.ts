@@ -1,9 +1,9 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
-import { leaseView } from "../leases/lease.ts";
 import type { Authenticator } from "./auth.ts";
 import { LeaseListQuery, RevocationBody } from "./schemas.ts";
 import { validate } from "./validate.ts";
+import { leaseView } from "./views.ts";
 
 /** `/v1/leases`: read, list and release leases. */
 export function leasesRouter(broker: Broker, auth: Authenticator): Router {

@@ -1,16 +1,9 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
-import { leaseView } from "../leases/lease.ts";
-import type { Task } from "../tasks/task.ts";
 import type { Authenticator } from "./auth.ts";
 import { CreateTaskBody, DecisionBody, MintLeaseBody, TaskListQuery } from "./schemas.ts";
 import { validate } from "./validate.ts";
-
-/** What the API shows of a task. */
-export function taskView(task: Task) {
-  const { tenant: _tenant, ...view } = task;
-  return view;
-}
+import { leaseView, taskView } from "./views.ts";
 
 /** `/v1/tasks`: create, read, list, approve/deny, complete, and mint leases for a task. */
 export function tasksRouter(broker: Broker, auth: Authenticator): Router {

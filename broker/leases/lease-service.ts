@@ -115,7 +115,7 @@ export class LeaseService {
       taskId,
       agentId: agent.id,
       resource: resource.name,
-      adapter: resource.adapter,
+      adapter: adapter.kind,
       scopes: decision.scopes,
       issuedAt: new Date(now).toISOString(),
       expiresAt: new Date(expiresAtMs).toISOString(),
@@ -187,7 +187,7 @@ export class LeaseService {
       ]);
       return denied(new TaskClosedError(taskId, "revoked"));
     }
-    metrics.leasesMinted.inc({ resource: resource.name, adapter: resource.adapter });
+    metrics.leasesMinted.inc({ resource: resource.name, adapter: adapter.kind });
     await audit.record({
       type: "lease_issued",
       actor: actorOf(agent),

@@ -48,9 +48,3 @@ export interface Lease {
   revokeFailedAt?: string;
   lastError?: string;
 }
-
-/** What the API shows of a lease. */
-export function leaseView(lease: Lease) {
-  const { tenant: _tenant, handle: _handle, revokeRound: _round, ...view } = lease;
-  return view;
-}
