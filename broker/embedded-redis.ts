@@ -1,8 +1,8 @@
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { type ChildProcess, spawn } from "node:child_process";
+import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { createServer } from "node:net";
-import { join, resolve } from "node:path";
+import { delimiter, join, resolve } from "node:path";
 import { Redis } from "ioredis";
 
 /** redis-server is not installed; the message says how to fix it. */
@@ -35,9 +35,19 @@ export async function freePort(): Promise<number> {
   });
 }
 
-/** Is `command` on PATH? */
-export function hasCommand(command: string): boolean {
-  return spawnSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" }).status === 0;
+/** Is `command` an executable file in one of the PATH directories? */
+export function hasCommand(command: string, path = process.env.PATH ?? ""): boolean {
+  return path
+    .split(delimiter)
+    .filter(Boolean)
+    .some((dir) => {
+      try {
+        accessSync(join(dir, command), constants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
 }
 
 /**

@@ -1,0 +1,124 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, symlink } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { expect } from "chai";
+import { eventually } from "../helpers/redis.ts";
+
+const ROOT = join(import.meta.dirname, "..", "..");
+
+interface Started {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exited: Promise<number | null>;
+}
+
+/** Runs the broker entry point as `npm start` does, from source. */
+function startBroker(env: Record<string, string | undefined>, args: string[] = []): Started {
+  const child = spawn(process.execPath, ["--import", "tsx", "broker/main.ts", ...args], {
+    cwd: ROOT,
+    env: { ...process.env, REDIS_URL: undefined, JITKEY_CONFIG: undefined, LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout?.on("data", (chunk) => {
+    out += chunk;
+  });
+  child.stderr?.on("data", (chunk) => {
+    err += chunk;
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, stdout: () => out, stderr: () => err, exited };
+}
+
+describe("process: npm start", () => {
+  const children: ChildProcess[] = [];
+  afterEach(() => {
+    for (const child of children) if (child.exitCode === null) child.kill("SIGKILL");
+  });
+
+  it("with no config and no Redis URL runs dev mode on a private redis-server, serves the walkthrough, and stops it on exit", async function () {
+    this.timeout(40_000);
+    const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
+    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" });
+    children.push(broker.child);
+    const started = await eventually(async () => {
+      const line = broker
+        .stdout()
+        .split("\n")
+        .find((l) => l.includes('"jitkey started"'));
+      return line ? (JSON.parse(line) as { url: string; devMode: boolean }) : undefined;
+    }, 30_000);
+    expect(started.devMode).to.equal(true);
+    expect(broker.stderr()).to.include("DEV MODE");
+    const operatorToken = /Operator token[^:]*:\s+(\S+)/.exec(broker.stderr())?.[1] as string;
+    expect(operatorToken).to.match(/^jkop_/);
+    // The operator token is shown once on the terminal, never in the structured log.
+    expect(broker.stdout()).to.not.include(operatorToken);
+
+    const ready = await eventually(async () => {
+      const res = await fetch(`${started.url}/readyz`);
+      return res.status === 200 ? res.json() : undefined;
+    });
+    expect(ready).to.include({ redis: true });
+
+    const json = (body: unknown, token: string) => ({
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const { token: agentToken } = (await (
+      await fetch(`${started.url}/v1/dev/agent-token`, json({ agent: "demo-agent" }, operatorToken))
+    ).json()) as {
+      token: string;
+    };
+    const created = await fetch(
+      `${started.url}/v1/tasks`,
+      json({ goal: "demo", resources: [{ resource: "demo-api", scopes: ["read"] }] }, agentToken),
+    );
+    expect(created.status).to.equal(201);
+    const { task } = (await created.json()) as { task: { id: string; status: string } };
+    expect(task.status).to.equal("pending");
+    expect(
+      (await fetch(`${started.url}/v1/tasks/${task.id}/approve`, json({}, operatorToken))).status,
+    ).to.equal(200);
+    const minted = await fetch(
+      `${started.url}/v1/tasks/${task.id}/leases`,
+      json({ resource: "demo-api" }, agentToken),
+    );
+    expect(minted.status).to.equal(201);
+
+    const aofDir = join(dataDir, "redis");
+    expect(existsSync(join(aofDir, "redis.pid"))).to.equal(true);
+    expect((await readdir(aofDir)).some((name) => name.startsWith("appendonly"))).to.equal(true);
+
+    broker.child.kill("SIGTERM");
+    expect(await broker.exited).to.equal(0);
+    expect(existsSync(join(aofDir, "redis.pid")), "the private redis-server is stopped").to.equal(false);
+  });
+
+  it("exits with a message saying how to install redis-server or set REDIS_URL when the binary is missing", async function () {
+    this.timeout(20_000);
+    const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
+    // A PATH holding node and nothing else: redis-server often sits beside node in /usr/bin.
+    const bin = join(dataDir, "bin");
+    await mkdir(bin);
+    await symlink(process.execPath, join(bin, "node"));
+    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0", PATH: bin });
+    children.push(broker.child);
+    expect(await broker.exited).to.equal(3);
+    expect(broker.stderr()).to.include("apt-get install redis-server").and.include("REDIS_URL");
+  });
+
+  it("refuses `serve` without a Redis URL instead of starting a private one", async function () {
+    this.timeout(20_000);
+    const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
+    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" }, ["serve"]);
+    children.push(broker.child);
+    expect(await broker.exited).to.equal(1);
+    expect(broker.stderr()).to.include("REDIS_URL");
+  });
+});
