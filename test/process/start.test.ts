@@ -1,38 +1,11 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
+import { devOperatorToken, spawnBroker, waitForStart } from "../helpers/process.ts";
 import { eventually } from "../helpers/redis.ts";
-
-const ROOT = join(import.meta.dirname, "..", "..");
-
-interface Started {
-  child: ChildProcess;
-  stdout: () => string;
-  stderr: () => string;
-  exited: Promise<number | null>;
-}
-
-/** Runs the broker entry point as `npm start` does, from source. */
-function startBroker(env: Record<string, string | undefined>, args: string[] = []): Started {
-  const child = spawn(process.execPath, ["--import", "tsx", "broker/main.ts", ...args], {
-    cwd: ROOT,
-    env: { ...process.env, REDIS_URL: undefined, JITKEY_CONFIG: undefined, LOG_LEVEL: "info", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (chunk) => {
-    out += chunk;
-  });
-  child.stderr?.on("data", (chunk) => {
-    err += chunk;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
 
 describe("process: npm start", () => {
   const children: ChildProcess[] = [];
@@ -43,7 +16,7 @@ describe("process: npm start", () => {
   it("with no config and no Redis URL runs dev mode on a private redis-server, serves the walkthrough, and stops it on exit", async function () {
     this.timeout(40_000);
     const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
-    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" });
+    const broker = spawnBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" });
     children.push(broker.child);
     const started = await eventually(async () => {
       const line = broker
@@ -54,7 +27,7 @@ describe("process: npm start", () => {
     }, 30_000);
     expect(started.devMode).to.equal(true);
     expect(broker.stderr()).to.include("DEV MODE");
-    const operatorToken = /Operator token[^:]*:\s+(\S+)/.exec(broker.stderr())?.[1] as string;
+    const operatorToken = devOperatorToken(broker) as string;
     expect(operatorToken).to.match(/^jkop_/);
     // The operator token is shown once on the terminal, never in the structured log.
     expect(broker.stdout()).to.not.include(operatorToken);
@@ -107,7 +80,7 @@ describe("process: npm start", () => {
     const bin = join(dataDir, "bin");
     await mkdir(bin);
     await symlink(process.execPath, join(bin, "node"));
-    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0", PATH: bin });
+    const broker = spawnBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0", PATH: bin });
     children.push(broker.child);
     expect(await broker.exited).to.equal(3);
     expect(broker.stderr()).to.include("apt-get install redis-server").and.include("REDIS_URL");
@@ -116,7 +89,7 @@ describe("process: npm start", () => {
   it("refuses `serve` without a Redis URL instead of starting a private one", async function () {
     this.timeout(20_000);
     const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
-    const broker = startBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" }, ["serve"]);
+    const broker = spawnBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" }, ["serve"]);
     children.push(broker.child);
     expect(await broker.exited).to.equal(1);
     expect(broker.stderr()).to.include("REDIS_URL");
