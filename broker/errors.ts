@@ -76,14 +76,6 @@ export class TaskClosedError extends JitkeyError {
   }
 }
 
-/** Also used for a record that moved on while being changed (lease no longer active). */
-export class ConflictError extends JitkeyError {
-  static override readonly code = "conflict";
-  constructor(message: string) {
-    super(message, 409);
-  }
-}
-
 export class RateLimitedError extends JitkeyError {
   static override readonly code = "rate_limited";
   readonly retryAfterSeconds: number;

@@ -118,7 +118,11 @@ export class RecordStore<T extends StatusRecord> {
   constructor(
     private readonly redis: Redis,
     private readonly keyOf: (id: string) => string,
-  ) {}
+  ) {
+    // Registered once per client: ioredis then sends EVALSHA and the script body only on a miss.
+    if (!("jitkeyTransition" in redis))
+      redis.defineCommand("jitkeyTransition", { numberOfKeys: 1, lua: TRANSITION_SCRIPT });
+  }
 
   async get(id: string): Promise<T | undefined> {
     const raw = await this.redis.get(this.keyOf(id));
@@ -145,13 +149,10 @@ export class RecordStore<T extends StatusRecord> {
     from: readonly string[],
     patch: Partial<T>,
   ): Promise<{ changed: boolean; record?: T }> {
-    const result = (await this.redis.eval(
-      TRANSITION_SCRIPT,
-      1,
-      this.keyOf(id),
-      JSON.stringify(from),
-      JSON.stringify(patch),
-    )) as [number, string?];
+    const client = this.redis as Redis & {
+      jitkeyTransition(key: string, from: string, patch: string): Promise<[number, string?]>;
+    };
+    const result = await client.jitkeyTransition(this.keyOf(id), JSON.stringify(from), JSON.stringify(patch));
     const raw = result[1];
     return { changed: result[0] === 1, record: raw ? (JSON.parse(raw) as T) : undefined };
   }

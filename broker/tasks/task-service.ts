@@ -183,6 +183,7 @@ export class TaskService {
     const pipeline = this.deps.redis.pipeline().zrem(this.deps.keys.pendingTasks, taskId);
     if (!approve) pipeline.zrem(this.deps.keys.liveTasks, taskId);
     await pipeline.exec();
+    if (!approve) await this.keepForRetention(taskId);
     await this.deps.audit.record({
       type: approve ? "task_approved" : "task_denied",
       actor: actorOf(operator),
@@ -225,6 +226,7 @@ export class TaskService {
     if (!result.changed || !result.record) return undefined;
     const task = result.record;
     await redis.pipeline().zrem(keys.pendingTasks, taskId).zrem(keys.liveTasks, taskId).exec();
+    await this.keepForRetention(taskId);
     // Read the lease set only after the task is closed: a mint racing with us either wrote its
     // lease before this read (and is revoked here) or sees the task closed and revokes itself.
     const leaseIds = await redis.smembers(keys.taskLeases(taskId));
@@ -239,6 +241,11 @@ export class TaskService {
       revoking: moved.length,
     });
     return { task, revoking: moved.length };
+  }
+
+  /** A closed task's record stays readable for the retention period; its audit events stay for good. */
+  private async keepForRetention(taskId: string): Promise<void> {
+    await this.deps.tasks.expireAfter(taskId, this.deps.config.retention.leaseRecordDays * 86_400);
   }
 
   /** Ends a task whose time is up; called by its expiry job and the reconciler. */
