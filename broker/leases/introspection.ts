@@ -78,12 +78,14 @@ export class Introspection {
     const leaseId = payload.jti;
     if (!leaseId) return { result: { active: false }, reason: "token has no jti" };
     const lease = await this.deps.leases.get(leaseId);
-    if (!lease || lease.status !== "active" || Date.parse(lease.expiresAt) <= now) {
-      return { result: { active: false }, leaseId, reason: `lease ${lease?.status ?? "missing"}` };
+    if (!lease) return { result: { active: false }, leaseId, reason: "lease missing" };
+    if (lease.status !== "active" || Date.parse(lease.expiresAt) <= now) {
+      return { result: { active: false }, leaseId, reason: `lease ${lease.status}` };
     }
     const task = await this.deps.tasks.get(lease.taskId);
-    if (!task || task.status !== "approved" || Date.parse(task.expiresAt) <= now) {
-      return { result: { active: false }, leaseId, reason: `task ${task?.status ?? "missing"}` };
+    if (!task) return { result: { active: false }, leaseId, reason: "task missing" };
+    if (task.status !== "approved" || Date.parse(task.expiresAt) <= now) {
+      return { result: { active: false }, leaseId, reason: `task ${task.status}` };
     }
     return {
       leaseId,
