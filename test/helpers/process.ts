@@ -32,7 +32,10 @@ export function spawnBroker(env: Record<string, string | undefined>, args: strin
 }
 
 /** Waits for the "jitkey started" log line and returns what it says. */
-export function waitForStart(broker: BrokerProcess, timeoutMs = 30_000): Promise<{ url: string; devMode: boolean }> {
+export function waitForStart(
+  broker: BrokerProcess,
+  timeoutMs = 30_000,
+): Promise<{ url: string; devMode: boolean }> {
   return eventually(async () => {
     if (broker.child.exitCode !== null) throw new Error(`broker exited: ${broker.stderr()}`);
     const line = broker

@@ -8,7 +8,9 @@ import { type BrokerProcess, devOperatorToken, ROOT, spawnBroker, waitForStart }
 /** The shell block between the walkthrough markers in README.md. */
 async function readmeWalkthrough(): Promise<string> {
   const readme = await readFile(join(ROOT, "README.md"), "utf8");
-  const section = /<!-- walkthrough:start -->\s*```bash\n([\s\S]*?)```\s*<!-- walkthrough:end -->/.exec(readme);
+  const section = /<!-- walkthrough:start -->\s*```bash\n([\s\S]*?)```\s*<!-- walkthrough:end -->/.exec(
+    readme,
+  );
   if (!section?.[1]) throw new Error("README.md has no walkthrough block");
   return section[1];
 }
@@ -27,16 +29,25 @@ describe("README walkthrough", () => {
     const { url } = await waitForStart(broker);
     const operatorToken = devOperatorToken(broker) as string;
     // What a reader does: paste the printed operator token into the first line.
-    const run = spawnSync("bash", ["-euo", "pipefail", "-c", script.replace("export OP=jkop_...", `export OP=${operatorToken}`)], {
-      env: { ...process.env, JITKEY: url },
-      encoding: "utf8",
-      timeout: 45_000,
-    });
+    const run = spawnSync(
+      "bash",
+      ["-euo", "pipefail", "-c", script.replace("export OP=jkop_...", `export OP=${operatorToken}`)],
+      {
+        env: { ...process.env, JITKEY: url },
+        encoding: "utf8",
+        timeout: 45_000,
+      },
+    );
     expect(run.status, run.stderr).to.equal(0);
     const lines = run.stdout.trim().split("\n");
     expect(lines.slice(0, 7)).to.deep.equal(["pending", "1", "approved", "true", "1", "false", "revoked"]);
     const story = lines.slice(7).map((line) => line.split(" by ")[0]);
-    expect(story).to.include.ordered.members(["task_created", "task_approved", "lease_issued", "introspected"]);
+    expect(story).to.include.ordered.members([
+      "task_created",
+      "task_approved",
+      "lease_issued",
+      "introspected",
+    ]);
     expect(story).to.include.members(["task_completed", "lease_revoked"]);
   });
 });
