@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from "ioredis";
+import { type ChainableCommander, Redis, type RedisOptions } from "ioredis";
 import { DEFAULT_TENANT } from "./ids.ts";
 
 /**
@@ -138,6 +138,11 @@ export class RecordStore<T extends StatusRecord> {
   /** Writes a new record; false when the id is taken. */
   async create(record: T): Promise<boolean> {
     return (await this.redis.set(this.keyOf(record.id), JSON.stringify(record), "NX")) === "OK";
+  }
+
+  /** Queues the write of a new record in `multi`, so it lands atomically with its indexes. */
+  createIn(multi: ChainableCommander, record: T): ChainableCommander {
+    return multi.set(this.keyOf(record.id), JSON.stringify(record), "NX");
   }
 
   /**

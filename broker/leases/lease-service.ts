@@ -8,7 +8,6 @@ import type { Config } from "../config.ts";
 import {
   AdapterUnavailableError,
   ForbiddenError,
-  InvalidRequestError,
   type JitkeyError,
   NotFoundError,
   PolicyDeniedError,
@@ -388,16 +387,17 @@ export class LeaseService {
   /** Writes a new `issuing` lease, its indexes and its expiry job, before any adapter call. */
   private async writeIssuing(lease: Lease, now: number): Promise<void> {
     const { redis, keys } = this.deps;
-    if (!(await this.deps.leases.create(lease))) throw new InvalidRequestError("lease id collision, retry");
     const expiresAtMs = Date.parse(lease.expiresAt);
-    await redis
-      .multi()
+    // The record and its indexes land together, so the reconciler sees every lease that exists.
+    const results = await this.deps.leases
+      .createIn(redis.multi(), lease)
       .sadd(keys.taskLeases(lease.taskId), lease.id)
       .sadd(keys.agentLeases(lease.agentId), lease.id)
       .sadd(keys.resourceLeases(lease.resource), lease.id)
       .zadd(keys.allLeases, now, lease.id)
       .zadd(keys.liveLeases, expiresAtMs, lease.id)
       .exec();
+    if (results?.[0]?.[1] !== "OK") throw new Error(`lease ${lease.id} could not be written`);
     await this.deps.queue.scheduleLeaseExpiry(lease.id, new Date(expiresAtMs), now);
   }
 }

@@ -3,13 +3,7 @@ import type { RevocationQueue } from "../../jobs/queues.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import type { Classification, Config } from "../config.ts";
-import {
-  ForbiddenError,
-  InvalidRequestError,
-  NotFoundError,
-  PolicyDeniedError,
-  TaskClosedError,
-} from "../errors.ts";
+import { ForbiddenError, NotFoundError, PolicyDeniedError, TaskClosedError } from "../errors.ts";
 import {
   type AgentPrincipal,
   actorOf,
@@ -98,15 +92,15 @@ export class TaskService {
         ? { approvedAt: new Date(now).toISOString(), approvedBy: decision.approvedBy }
         : {}),
     };
-    if (!(await this.deps.tasks.create(task))) throw new InvalidRequestError("task id collision, retry");
     const { redis, keys } = this.deps;
-    const multi = redis
-      .multi()
+    const multi = this.deps.tasks
+      .createIn(redis.multi(), task)
       .zadd(keys.allTasks, now, task.id)
       .zadd(keys.liveTasks, Date.parse(task.expiresAt), task.id)
       .sadd(keys.agentTasks(agent.id), task.id);
     if (task.status === "pending") multi.zadd(keys.pendingTasks, now, task.id);
-    await multi.exec();
+    const results = await multi.exec();
+    if (results?.[0]?.[1] !== "OK") throw new Error(`task ${task.id} could not be written`);
     await this.deps.queue.scheduleTaskExpiry(task.id, new Date(task.expiresAt), now);
     await audit.record({
       type: "task_created",
