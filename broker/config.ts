@@ -130,6 +130,17 @@ export const ConfigSchema = z
       });
     };
     unique(config.identity.issuers, "identity.issuers");
+    const issuerUrls = new Set<string>();
+    config.identity.issuers.forEach((issuer, index) => {
+      if (issuerUrls.has(issuer.issuer)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["identity", "issuers", index, "issuer"],
+          message: `issuer "${issuer.issuer}" is configured twice`,
+        });
+      }
+      issuerUrls.add(issuer.issuer);
+    });
     unique(config.resources, "resources");
     unique([...config.operators, ...config.introspectors], "operators");
     const hashes = new Set<string>();

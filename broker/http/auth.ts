@@ -48,17 +48,15 @@ export class Authenticator {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
     const token = match[1];
+    // Operator and introspector tokens are checked first: a noisy client never locks them out.
+    const known = this.broker.principals.match(token);
+    if (known) return known;
+
     const { config } = this.broker;
     const failureBucket = `auth-fail:${req.ip ?? "unknown"}`;
     await this.#limiter.check(failureBucket, config.limits.failedAuthPerMinute);
-
-    const known = this.broker.principals.match(token);
-    if (known) return known;
-    if (!looksLikeJwt(token)) {
-      await this.#limiter.hit(failureBucket, Number.MAX_SAFE_INTEGER);
-      throw new UnauthenticatedError("unknown bearer token");
-    }
     try {
+      if (!looksLikeJwt(token)) throw new IdentityRejectedError("unknown bearer token");
       const agent = await this.broker.verifier.verify(token);
       await this.#limiter.hit(`agent:${agent.id}`, config.limits.agentRequestsPerMinute);
       return agent;
@@ -72,7 +70,7 @@ export class Authenticator {
           decision: "deny",
           reason: error.reason,
           issuer: error.issuer,
-          route: `${req.method} ${req.baseUrl}${req.route?.path ?? req.path}`,
+          route: `${req.method} ${req.originalUrl.split("?")[0]}`,
         });
       }
       throw error;

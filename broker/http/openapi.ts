@@ -27,6 +27,10 @@ interface RouteDoc {
   query?: z.ZodObject;
   status: number;
   response: z.ZodType;
+  /** Media type of the success response; default `application/json`. */
+  responseType?: string;
+  /** The body may also be form-encoded (RFC 7662 §2.1 introspection requests are). */
+  form?: boolean;
 }
 
 const id = z.object({ id: z.string() });
@@ -132,6 +136,7 @@ const routes: RouteDoc[] = [
     summary: "RFC 7662 token introspection",
     who: ["introspector", "operator"],
     body: IntrospectBody,
+    form: true,
     status: 200,
     response: IntrospectionSchema,
   },
@@ -168,6 +173,23 @@ const routes: RouteDoc[] = [
     status: 200,
     response: z.object({ status: z.string() }).catchall(z.unknown()),
   },
+  {
+    method: "get",
+    path: "/metrics",
+    summary: "Prometheus metrics",
+    who: ["anyone"],
+    status: 200,
+    response: z.string(),
+    responseType: "text/plain; version=0.0.4",
+  },
+  {
+    method: "get",
+    path: "/openapi.json",
+    summary: "This OpenAPI 3.1 document",
+    who: ["anyone"],
+    status: 200,
+    response: z.record(z.string(), z.unknown()),
+  },
 ];
 
 const ERROR_STATUSES: Record<string, string> = {
@@ -176,7 +198,10 @@ const ERROR_STATUSES: Record<string, string> = {
   "403": "forbidden or policy_denied",
   "404": "not_found",
   "409": "task_not_approved or task_closed",
+  "413": "invalid_request (body too large)",
+  "422": "invalid_request (well-formed, but names what does not exist)",
   "429": "rate_limited",
+  "500": "internal (carries a requestId, nothing else)",
   "502": "adapter_unavailable",
 };
 
@@ -195,7 +220,7 @@ export function buildOpenApi(serverUrl: string): Record<string, unknown> {
     const responses: Record<string, unknown> = {
       [route.status]: {
         description: "Success",
-        content: { "application/json": { schema: json(route.response, "output") } },
+        content: { [route.responseType ?? "application/json"]: { schema: json(route.response, "output") } },
       },
     };
     if (!route.who.includes("anyone")) {
@@ -217,7 +242,12 @@ export function buildOpenApi(serverUrl: string): Record<string, unknown> {
           ? {
               requestBody: {
                 required: route.method === "post" && route.body !== DecisionBody,
-                content: { "application/json": { schema: json(route.body, "input") } },
+                content: {
+                  "application/json": { schema: json(route.body, "input") },
+                  ...(route.form
+                    ? { "application/x-www-form-urlencoded": { schema: json(route.body, "input") } }
+                    : {}),
+                },
               },
             }
           : {}),

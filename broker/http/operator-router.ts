@@ -1,5 +1,6 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
+import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
 import { actorOf } from "../identity/principal.ts";
 import type { Authenticator } from "./auth.ts";
 import { AuditListQuery, DevAgentTokenBody, IntrospectBody } from "./schemas.ts";
@@ -10,7 +11,12 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
 
   router.post("/introspect", async (req, res) => {
-    const caller = await auth.require(req, "introspector", "operator");
+    // RFC 7662 §2.1: a caller that is not a registered introspector or operator is unauthenticated here.
+    const caller = await auth.require(req, "introspector", "operator").catch((error: unknown) => {
+      throw error instanceof ForbiddenError
+        ? new UnauthenticatedError("introspection needs an introspector or operator token")
+        : error;
+    });
     const { token } = validate(IntrospectBody, req.body);
     res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, actorOf(caller)));
   });
