@@ -1,0 +1,38 @@
+# jitkey broker and worker image.
+#   docker build -t jitkey .
+#   docker run -e JITKEY_CONFIG=/etc/jitkey/jitkey.yaml -v ./jitkey.yaml:/etc/jitkey/jitkey.yaml:ro jitkey serve
+# The entrypoint is `node dist/broker/main.js`; the command picks `serve` (API), `worker`
+# (revocation workers) or nothing (both in one process).
+
+# --- build: all dependencies, compile TypeScript to dist/ ---------------------------------
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY broker ./broker
+COPY adapters ./adapters
+COPY jobs ./jobs
+RUN npm run build
+
+# --- production dependencies only ----------------------------------------------------------
+FROM node:20-bookworm-slim AS prod-deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+
+# --- runtime: compiled code + prod deps, non-root ---------------------------------------------
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production \
+    JITKEY_DATA_DIR=/data \
+    PORT=8080
+WORKDIR /app
+COPY --from=prod-deps --chown=root:root /app/node_modules ./node_modules
+COPY --from=build --chown=root:root /app/dist ./dist
+COPY --chown=root:root package.json ./
+# The data directory holds the broker's generated signing keys; the only writable path.
+RUN mkdir -p /data && chown node:node /data
+USER node
+EXPOSE 8080
+ENTRYPOINT ["node", "dist/broker/main.js"]
+CMD ["serve"]
