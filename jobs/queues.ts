@@ -61,6 +61,27 @@ export class RevocationQueue {
     );
   }
 
+  /**
+   * Enqueues a lease's current revocation round again. A job still queued or retrying absorbs
+   * this (same job id); a job that failed for good without settling the lease (it stalled past
+   * the limit) would absorb it too, so that one is retried from its first attempt instead.
+   * Returns whether anything was (re)queued.
+   */
+  async requeueRevoke(lease: { id: string; revokeRound?: number }): Promise<boolean> {
+    const job = await this.queue.getJob(jobIds.revokeRound(lease.id, lease.revokeRound ?? 1));
+    if (job && (await job.isFailed())) {
+      // Throws only when the job left `failed` meanwhile: then someone else already moved it.
+      await job
+        .retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true })
+        .catch(() => undefined);
+      return true;
+    }
+    // Still waiting, delayed for a retry or running: that job settles the lease.
+    if (job) return false;
+    await this.revokeNow([lease]);
+    return true;
+  }
+
   /** Drops a lease's expiry job once the lease was revoked some other way. */
   async cancelLeaseExpiry(leaseId: string): Promise<void> {
     await this.queue.remove(jobIds.leaseExpiry(leaseId)).catch(() => 0);

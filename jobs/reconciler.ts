@@ -55,10 +55,22 @@ export class Reconciler {
       expiredTasks: 0,
       orphans: 0,
     };
-    await this.reconcileLiveLeases(report);
-    await this.retryFailed(report);
-    await this.expireTasks(report);
-    await this.sweepOrphans(report);
+    // Each step stands alone: one failing (say, a backend down during the sweep) must not stop the others.
+    const steps = [
+      () => this.reconcileLiveLeases(report),
+      () => this.retryFailed(report),
+      () => this.expireTasks(report),
+      () => this.sweepOrphans(report),
+    ];
+    const errors: unknown[] = [];
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (error) {
+        errors.push(error);
+        this.deps.logger.error("reconciler step failed", { error: (error as Error).message });
+      }
+    }
     for (const [action, count] of Object.entries(report))
       if (count > 0) this.deps.metrics.reconciled.inc({ action }, count);
     if (Object.values(report).some((count) => count > 0))
@@ -91,9 +103,7 @@ export class Reconciler {
           lease.status === "revoking" &&
           Date.parse(lease.revokeRequestedAt ?? lease.issuedAt) + staleMs <= now
         ) {
-          // Same job id as the round it belongs to: a job still queued or retrying absorbs this.
-          await queue.revokeNow([lease]);
-          report.requeued += 1;
+          if (await queue.requeueRevoke(lease)) report.requeued += 1;
         } else if (lease.status === "revoked") {
           await redis.zrem(keys.liveLeases, lease.id);
         }
@@ -108,8 +118,9 @@ export class Reconciler {
     const ids = await redis.zrangebyscore(keys.failedLeases, "-inf", before, "LIMIT", 0, PAGE);
     if (ids.length === 0) return;
     const moved = await this.deps.leaseService.requestRevoke(ids, "expired", "system");
-    // A retried lease leaves the failed index until it fails again.
-    await redis.zrem(keys.failedLeases, ...moved.map((lease) => lease.id));
+    // A retried lease leaves the failed index until it fails again. Nothing may have moved (an
+    // operator already sent them back to revoking), and ZREM with no member is an error.
+    if (moved.length > 0) await redis.zrem(keys.failedLeases, ...moved.map((lease) => lease.id));
     report.retriedFailed += moved.length;
   }
 

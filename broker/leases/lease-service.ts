@@ -20,7 +20,7 @@ import type { Metrics } from "../metrics.ts";
 import type { PolicyEngine } from "../policy/policy-engine.ts";
 import type { RecordStore, RedisKeys } from "../redis.ts";
 import type { Task } from "../tasks/task.ts";
-import { type Lease, type LeaseStatus, type RevokeReason, UNREVOKED_LEASE_STATUSES } from "./lease.ts";
+import type { Lease, LeaseStatus, RevokeReason } from "./lease.ts";
 
 /** What the revocation job tells the lease service about the attempt it is making. */
 export interface RevokeAttempt {
@@ -179,11 +179,9 @@ export class LeaseService {
     if (issued.handle)
       await this.deps.redis.hset(this.deps.keys.resourceHandles(resource.name), issued.handle, lease.id);
     if (!activated.changed) {
-      // Revoked while the adapter worked (task completed, operator): keep the handle for the revoker.
-      await this.deps.leases.transition(lease.id, UNREVOKED_LEASE_STATUSES, { handle: issued.handle });
-      await this.deps.queue.revokeNow([
-        { id: lease.id, revokeRound: (activated.record?.revokeRound ?? 1) + 1 },
-      ]);
+      // Revoked while the adapter worked (task completed, operator, reconciler). That revocation
+      // may have run before the credential existed, so revoke what just arrived, here.
+      await this.revokeLateIssue(lease, adapter, issued.handle);
       return denied(new TaskClosedError(taskId, "revoked"));
     }
     metrics.leasesMinted.inc({ resource: resource.name, adapter: adapter.kind });
@@ -355,6 +353,23 @@ export class LeaseService {
       reason,
       lagSeconds,
     });
+  }
+
+  /**
+   * Revokes a credential the adapter returned after its lease had left `issuing`. If that
+   * fails, the lease (with the handle) is marked `revoke_failed` so the reconciler retries it.
+   */
+  private async revokeLateIssue(lease: Lease, adapter: CredentialAdapter, handle?: string): Promise<void> {
+    try {
+      await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle });
+      if (handle) await this.deps.redis.hdel(this.deps.keys.resourceHandles(lease.resource), handle);
+    } catch (error) {
+      const reopened = await this.deps.leases.transition(lease.id, ["revoking", "revoked", "revoke_failed"], {
+        status: "revoking",
+        handle,
+      });
+      if (reopened.record) await this.markRevokeFailed(reopened.record, error);
+    }
   }
 
   private async markRevokeFailed(lease: Lease, error: unknown): Promise<void> {

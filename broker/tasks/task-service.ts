@@ -225,7 +225,9 @@ export class TaskService {
     // lease before this read (and is revoked here) or sees the task closed and revokes itself.
     const leaseIds = await redis.smembers(keys.taskLeases(taskId));
     const closing = CLOSINGS[status];
-    const moved = await this.deps.leasesService.requestRevoke(leaseIds, closing.leaseReason, actor);
+    // Revoke lag for an expired task counts from when it was due, not from when it was noticed.
+    const dueAt = status === "expired" ? new Date(task.expiresAt) : undefined;
+    const moved = await this.deps.leasesService.requestRevoke(leaseIds, closing.leaseReason, actor, dueAt);
     await this.deps.audit.record({
       type: closing.audit,
       actor,

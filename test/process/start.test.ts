@@ -18,13 +18,7 @@ describe("process: npm start", () => {
     const dataDir = await mkdtemp(join(tmpdir(), "jitkey-start-"));
     const broker = spawnBroker({ JITKEY_DATA_DIR: dataDir, PORT: "0" });
     children.push(broker.child);
-    const started = await eventually(async () => {
-      const line = broker
-        .stdout()
-        .split("\n")
-        .find((l) => l.includes('"jitkey started"'));
-      return line ? (JSON.parse(line) as { url: string; devMode: boolean }) : undefined;
-    }, 30_000);
+    const started = await waitForStart(broker);
     expect(started.devMode).to.equal(true);
     expect(broker.stderr()).to.include("DEV MODE");
     const operatorToken = devOperatorToken(broker) as string;
