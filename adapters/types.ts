@@ -51,6 +51,11 @@ export interface IssuedCredential {
    * name), kept on the lease and handed back to `revoke`. Must never be a secret.
    */
   readonly handle?: string;
+  /**
+   * Further non-secret references the adapter wants back on `revoke` and `renew`, e.g. the
+   * accessor of the token that owns a dynamic Vault lease. Kept on the lease; never secrets.
+   */
+  readonly references?: Readonly<Record<string, string>>;
   /** The credential's real expiry when the backend shortened it below the requested one. */
   readonly expiresAt?: Date;
 }
@@ -61,6 +66,8 @@ export interface RevokeRequest {
   readonly resource: string;
   /** The handle from `issue`, when the lease got that far. Absent after a crash mid-issue. */
   readonly handle?: string;
+  /** The `references` from `issue`, when the lease got that far. */
+  readonly references?: Readonly<Record<string, string>>;
 }
 
 /** Asks an adapter to extend a live credential. */

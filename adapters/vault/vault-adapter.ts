@@ -195,6 +195,7 @@ export const createVaultAdapter: AdapterFactory = (rawOptions, context): Credent
         return {
           credential: { type: "vault", data: secret.data, expiresAt: expiresAt.toISOString() },
           handle: vaultLeaseId,
+          references: { tokenAccessor: accessor },
           expiresAt,
         } satisfies IssuedCredential;
       }
@@ -218,6 +219,7 @@ export const createVaultAdapter: AdapterFactory = (rawOptions, context): Credent
           expiresAt: expiresAt.toISOString(),
         },
         handle: vaultLeaseId,
+        references: { tokenAccessor: accessor },
         expiresAt,
       } satisfies IssuedCredential;
     } catch (error) {
@@ -252,8 +254,13 @@ export const createVaultAdapter: AdapterFactory = (rawOptions, context): Credent
       }
       // The Vault lease first: one call ends the credential even if the search below fails.
       if (request.handle) await revokeVaultLease(request.handle);
-      // Then every token named after the lease: the per-lease token (dynamic), or a token
-      // whose accessor was never recorded (crash mid-issue). Their leases go with them.
+      // Then the per-lease token: by its recorded accessor, or, when the lease never got that
+      // far (crash mid-issue), by searching for tokens named after the lease. Their leases go with them.
+      const accessor = request.references?.tokenAccessor;
+      if (accessor) {
+        await revokeAccessor(session, accessor);
+        return;
+      }
       for (const token of await tokensOfLease(request.leaseId)) await revokeAccessor(session, token.accessor);
     },
 
@@ -339,7 +346,8 @@ export const createVaultAdapter: AdapterFactory = (rawOptions, context): Credent
       const increment = secondsUntil(request.expiresAt);
       if (increment < 1) throw new AdapterError("renewal would end in under a second", { permanent: true });
       // The per-lease token owns the Vault lease; if it expired first, the lease would die with it.
-      const tokens = await tokensOfLease(request.leaseId);
+      const recorded = request.references?.tokenAccessor;
+      const tokens = recorded ? [{ accessor: recorded }] : await tokensOfLease(request.leaseId);
       if (tokens.length === 0) {
         throw new AdapterError("the per-lease Vault token is gone; the lease cannot be renewed", {
           permanent: true,

@@ -174,6 +174,7 @@ export class LeaseService {
     const activated = await this.deps.leases.transition(lease.id, ["issuing"], {
       status: "active",
       handle: issued.handle,
+      references: issued.references,
       expiresAt: expiresAt.toISOString(),
     });
     if (issued.handle)
@@ -181,7 +182,7 @@ export class LeaseService {
     if (!activated.changed) {
       // Revoked while the adapter worked (task completed, operator, reconciler). That revocation
       // may have run before the credential existed, so revoke what just arrived, here.
-      await this.revokeLateIssue(lease, adapter, issued.handle);
+      await this.revokeLateIssue(lease, adapter, issued);
       return denied(new TaskClosedError(taskId, "revoked"));
     }
     metrics.leasesMinted.inc({ resource: resource.name, adapter: adapter.kind });
@@ -313,7 +314,12 @@ export class LeaseService {
     try {
       if (!adapter)
         throw new AdapterError(`resource ${lease.resource} is no longer configured`, { permanent: true });
-      await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle: lease.handle });
+      await adapter.revoke({
+        leaseId: lease.id,
+        resource: lease.resource,
+        handle: lease.handle,
+        references: lease.references,
+      });
     } catch (error) {
       const permanent = error instanceof AdapterError && error.permanent;
       if (permanent || attempt.final) await this.markRevokeFailed(lease, error);
@@ -359,14 +365,16 @@ export class LeaseService {
    * Revokes a credential the adapter returned after its lease had left `issuing`. If that
    * fails, the lease (with the handle) is marked `revoke_failed` so the reconciler retries it.
    */
-  private async revokeLateIssue(lease: Lease, adapter: CredentialAdapter, handle?: string): Promise<void> {
+  private async revokeLateIssue(lease: Lease, adapter: CredentialAdapter, issued: IssuedCredential): Promise<void> {
+    const { handle, references } = issued;
     try {
-      await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle });
+      await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle, references });
       if (handle) await this.deps.redis.hdel(this.deps.keys.resourceHandles(lease.resource), handle);
     } catch (error) {
       const reopened = await this.deps.leases.transition(lease.id, ["revoking", "revoked", "revoke_failed"], {
         status: "revoking",
         handle,
+        references,
       });
       if (reopened.record) await this.markRevokeFailed(reopened.record, error);
     }

@@ -39,6 +39,8 @@ export interface Lease {
   revocable: boolean;
   revocation: RevocationMode;
   handle?: string;
+  /** Further non-secret references from the adapter (see `IssuedCredential.references`). */
+  references?: Record<string, string>;
   revokeReason?: RevokeReason;
   revokeRequestedAt?: string;
   revokeRequestedBy?: string;

@@ -373,9 +373,26 @@ describe("vault adapter (fake Vault, real PostgreSQL)", () => {
       expect(failure?.message).to.match(/does not exist|authentication failed/);
     });
 
+    it("revokes a dynamic lease and its per-lease token by the recorded references, without scanning tokens", async () => {
+      const adapter = track(vaultAdapter(dynamicOptions()));
+      const request = issueRequest(60);
+      const issued = await adapter.issue(request);
+      expect(issued.references?.tokenAccessor, "the per-lease token's accessor is kept").to.be.a("string");
+      const scansBefore = fake.countRequests("auth/token/accessors");
+      await adapter.revoke({
+        leaseId: request.leaseId,
+        resource: RESOURCE,
+        handle: issued.handle,
+        references: issued.references,
+      });
+      expect(await findCreated(request.leaseId)).to.deep.equal([]);
+      expect(fake.countRequests("auth/token/accessors") - scansBefore).to.equal(0);
+    });
+
     it("drops the database role when the per-lease token expires with the jitkey lease", async () => {
       const adapter = track(vaultAdapter(dynamicOptions()));
-      const request = issueRequest(2);
+      // Whole-second expiry: 3 s leaves at least 2 s, so the token gets a TTL of at least 1 s.
+      const request = issueRequest(3);
       await adapter.issue(request);
       expect(await rolesNamedAfter(request.leaseId)).to.have.length(1);
       await sleep(Math.max(0, request.expiresAt.getTime() - Date.now()) + 300);

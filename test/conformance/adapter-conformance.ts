@@ -96,7 +96,12 @@ export function describeAdapterConformance(name: string, setup: () => Promise<Co
     it("revokes idempotently", async () => {
       const request = issueRequest(subject, newTestLeaseId());
       const issued = await subject.adapter.issue(request);
-      const revoke = { leaseId: request.leaseId, resource: subject.resource, handle: issued.handle };
+      const revoke = {
+        leaseId: request.leaseId,
+        resource: subject.resource,
+        handle: issued.handle,
+        references: issued.references,
+      };
       await subject.adapter.revoke(revoke);
       await subject.adapter.revoke(revoke);
       if (subject.adapter.capabilities.revocation === "backend") {
