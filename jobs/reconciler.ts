@@ -23,6 +23,11 @@ export interface ReconcileReport {
 
 const PAGE = 500;
 
+/** A report of a pass that did nothing. */
+export function emptyReport(): ReconcileReport {
+  return { expiredLeases: 0, staleIssuing: 0, requeued: 0, retriedFailed: 0, expiredTasks: 0, orphans: 0 };
+}
+
 /**
  * Finds what the normal path missed — a lost delayed job, a broker that crashed mid-mint, a
  * worker that died mid-revoke, a revocation that failed for good — and sets it right.
@@ -47,14 +52,7 @@ export class Reconciler {
   ) {}
 
   async run(): Promise<ReconcileReport> {
-    const report: ReconcileReport = {
-      expiredLeases: 0,
-      staleIssuing: 0,
-      requeued: 0,
-      retriedFailed: 0,
-      expiredTasks: 0,
-      orphans: 0,
-    };
+    const report = emptyReport();
     // Each step stands alone: one failing (say, a backend down during the sweep) must not stop the others.
     const steps = [
       () => this.reconcileLiveLeases(report),

@@ -5,7 +5,7 @@ import type { Response } from "supertest";
 import { ManualClock } from "../../broker/clock.ts";
 import { newId } from "../../broker/ids.ts";
 import { jobIds, REVOCATION_QUEUE } from "../../jobs/queues.ts";
-import type { ReconcileReport } from "../../jobs/reconciler.ts";
+import { emptyReport, type ReconcileReport } from "../../jobs/reconciler.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import {
   agentSession,
@@ -32,14 +32,38 @@ async function failJobOutsideTheBroker(t: TestBroker, jobId: string): Promise<vo
   }
 }
 
-const NOTHING: ReconcileReport = {
-  expiredLeases: 0,
-  staleIssuing: 0,
-  requeued: 0,
-  retriedFailed: 0,
-  expiredTasks: 0,
-  orphans: 0,
-};
+const NOTHING: ReconcileReport = emptyReport();
+
+/**
+ * Starts a mint whose adapter stops inside `issue` until released: a broker slow or stuck
+ * mid-issue. `leaseId()` resolves once the adapter holds; `cleanup()` lets everything finish.
+ */
+function holdMintInIssue(t: TestBroker, agent: { headers: Record<string, string> }, taskId: string) {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let held: string | undefined;
+  t.recording.onIssue = async (request) => {
+    held = request.leaseId;
+    await gate;
+  };
+  const answer: Promise<Response> = t.http
+    .post(`/v1/tasks/${taskId}/leases`)
+    .set(agent.headers)
+    .send({ resource: "records" })
+    .then((res) => res);
+  return {
+    answer,
+    release: () => release(),
+    leaseId: () => eventually(async () => held, 5000),
+    async cleanup() {
+      release();
+      t.recording.onIssue = undefined;
+      await answer.catch(() => undefined);
+    },
+  };
+}
 
 describe("reconciler", () => {
   let t: TestBroker;
@@ -113,39 +137,23 @@ describe("reconciler", () => {
     await startWorker();
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent);
-    let release: () => void = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let stuck: string | undefined;
-    t.recording.onIssue = async (request) => {
-      stuck = request.leaseId;
-      await gate;
-    };
-    let answer: Promise<Response> | undefined;
+    const mint = holdMintInIssue(t, agent, taskId);
     try {
-      answer = t.http
-        .post(`/v1/tasks/${taskId}/leases`)
-        .set(agent.headers)
-        .send({ resource: "records" })
-        .then((res) => res);
-      const leaseId = await eventually(async () => stuck, 5000);
+      const leaseId = await mint.leaseId();
       clock.advance(staleMs());
       expect((await t.broker.reconciler.run()).staleIssuing).to.equal(1);
       const revoked = await leaseReaches(t, leaseId, "revoked");
       expect(revoked.revokeReason).to.equal("issue_failed");
 
       // The adapter finally creates the credential: it must not outlive its revoked lease.
-      release();
-      const res = await answer;
+      mint.release();
+      const res = await mint.answer;
       expect(res.status).to.equal(409);
       expect(res.body.error.code).to.equal("task_closed");
       await eventually(async () => (await t.recording.liveArtifacts()).length === 0, 5000);
       expect((await t.broker.leaseStore.get(leaseId))?.status).to.equal("revoked");
     } finally {
-      release();
-      t.recording.onIssue = undefined;
-      await answer?.catch(() => undefined);
+      await mint.cleanup();
     }
   });
 
@@ -153,30 +161,16 @@ describe("reconciler", () => {
     await startWorker();
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent);
-    let release: () => void = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    let stuck: string | undefined;
-    t.recording.onIssue = async (request) => {
-      stuck = request.leaseId;
-      await gate;
-    };
-    let answer: Promise<Response> | undefined;
+    const mint = holdMintInIssue(t, agent, taskId);
     try {
-      answer = t.http
-        .post(`/v1/tasks/${taskId}/leases`)
-        .set(agent.headers)
-        .send({ resource: "records" })
-        .then((res) => res);
-      const leaseId = await eventually(async () => stuck, 5000);
+      const leaseId = await mint.leaseId();
       const done = await t.http.post(`/v1/tasks/${taskId}/complete`).set(agent.headers).expect(200);
       expect(done.body.revoking).to.equal(1);
       await leaseReaches(t, leaseId, "revoked");
 
       t.recording.revokePermanent = true;
-      release();
-      expect((await answer).body.error.code).to.equal("task_closed");
+      mint.release();
+      expect((await mint.answer).body.error.code).to.equal("task_closed");
       const failed = await t.broker.leaseStore.get(leaseId);
       expect(failed).to.include({ status: "revoke_failed", handle: `artifact/${leaseId}` });
       expect(await t.recording.liveArtifacts()).to.deep.equal([leaseId]);
@@ -188,10 +182,8 @@ describe("reconciler", () => {
       expect(revoked.revokeReason).to.equal("task_completed");
       expect(await t.recording.liveArtifacts()).to.deep.equal([]);
     } finally {
-      release();
-      t.recording.onIssue = undefined;
       t.recording.revokePermanent = false;
-      await answer?.catch(() => undefined);
+      await mint.cleanup();
     }
   });
 
