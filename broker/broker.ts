@@ -2,15 +2,16 @@ import { join, resolve } from "node:path";
 import type { Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Logger } from "winston";
+import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
 import { adapterFactories } from "../adapters/registry.ts";
-import type { CredentialAdapter } from "../adapters/types.ts";
+import type { AdapterContext, CredentialAdapter } from "../adapters/types.ts";
 import { RevocationQueue } from "../jobs/queues.ts";
 import { Reconciler } from "../jobs/reconciler.ts";
 import { type RevocationWorkerOptions, startRevocationWorker } from "../jobs/revoke.worker.ts";
 import { AuditLog } from "./audit/audit-log.ts";
 import { type Clock, systemClock } from "./clock.ts";
-import { type Config, publicUrl } from "./config.ts";
+import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
 import { AgentVerifier } from "./identity/agent-verifier.ts";
 import { Introspection } from "./leases/introspection.ts";
 import type { Lease } from "./leases/lease.ts";
@@ -84,20 +85,14 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   });
 
   const adapters = new Map<string, CredentialAdapter>();
-  for (const resource of config.resources) {
-    const override = options.adapters?.get(resource.name);
+  config.resources.forEach((resource, index) => {
+    const context = { resource: resource.name, issuer, signingKeys, logger };
     adapters.set(
       resource.name,
-      override ??
-        adapterFactories[resource.adapter](resource.options, {
-          resource: resource.name,
-          issuer,
-          signingKeys,
-          logger,
-        }),
+      options.adapters?.get(resource.name) ?? buildAdapter(resource, index, context),
     );
     if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
-  }
+  });
 
   const metrics = new Metrics({ countLiveLeases: () => redis.zcard(keys.liveLeases), defaultMetrics: false });
   const audit = new AuditLog(redis, keys, logger, clock);
@@ -196,4 +191,22 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       await Promise.allSettled([redis.quit(), queueConnection.quit()]);
     },
   };
+}
+
+/** Builds a resource's adapter; options the adapter refuses become a ConfigError naming the field. */
+function buildAdapter(resource: ResourceConfig, index: number, context: AdapterContext): CredentialAdapter {
+  try {
+    return adapterFactories[resource.adapter](resource.options, context);
+  } catch (error) {
+    if (error instanceof ZodError) {
+      const fields = error.issues.map(
+        (issue) =>
+          `resources.${index}.options${issue.path.length > 0 ? `.${issue.path.join(".")}` : ""}: ${issue.message}`,
+      );
+      throw new ConfigError(
+        `resource ${resource.name} (${resource.adapter}) has invalid options:\n${fields.join("\n")}`,
+      );
+    }
+    throw error;
+  }
 }

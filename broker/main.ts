@@ -112,6 +112,7 @@ function announceDevMode(url: string, dev: DevModeSecrets): void {
 }
 
 main(process.argv.slice(2)).catch((error) => {
-  process.stderr.write(`jitkey: failed to start: ${(error as Error).message}\n`);
+  const what = error instanceof ConfigError ? "invalid configuration" : "failed to start";
+  process.stderr.write(`jitkey: ${what}: ${(error as Error).message}\n`);
   process.exit(1);
 });

@@ -91,6 +91,7 @@ export const AuditListQuery = z
 export const TaskSchema = z.object({
   id,
   agentId: z.string(),
+  agentOwner: z.string().optional(),
   goal: z.string(),
   resources: z.array(
     z.object({ resource: z.string(), scopes: z.array(z.string()), owner: z.string().optional() }),

@@ -37,6 +37,7 @@ export function pick<T extends object, K extends keyof T>(record: T, fields: rea
 const TASK_VIEW_FIELDS = [
   "id",
   "agentId",
+  "agentOwner",
   "goal",
   "resources",
   "dataClassification",

@@ -365,7 +365,11 @@ export class LeaseService {
    * Revokes a credential the adapter returned after its lease had left `issuing`. If that
    * fails, the lease (with the handle) is marked `revoke_failed` so the reconciler retries it.
    */
-  private async revokeLateIssue(lease: Lease, adapter: CredentialAdapter, issued: IssuedCredential): Promise<void> {
+  private async revokeLateIssue(
+    lease: Lease,
+    adapter: CredentialAdapter,
+    issued: IssuedCredential,
+  ): Promise<void> {
     const { handle, references } = issued;
     try {
       await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle, references });

@@ -80,6 +80,7 @@ export class TaskService {
       id: newId("tsk"),
       tenant: DEFAULT_TENANT,
       agentId: agent.id,
+      ...(agent.owner ? { agentOwner: agent.owner } : {}),
       goal: request.goal,
       resources: decision.resources.map(({ resource, scopes, owner }) =>
         owner ? { resource, scopes, owner } : { resource, scopes },

@@ -18,6 +18,8 @@ export interface Task {
   id: string;
   tenant: string;
   agentId: string;
+  /** The accountable owner of the agent's identity (its issuer's `owner`), shown to approvers. */
+  agentOwner?: string;
   goal: string;
   resources: TaskResource[];
   dataClassification: Classification;

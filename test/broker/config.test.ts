@@ -260,13 +260,11 @@ describe("broker process with a bad config file", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("exits non-zero with stderr naming the bad field", async () => {
-    const raw = validRaw(({ resource }) => {
-      resource.adapter = "telepathy";
-    });
-    const path = join(dir, "bad.yaml");
+  /** Runs the entry point on `raw` as a YAML file; resolves its exit code and stderr. */
+  async function startWith(raw: unknown, name: string): Promise<{ code: number | null; stderr: string }> {
+    const path = join(dir, name);
     await writeFile(path, toYaml(raw));
-    const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    return new Promise((resolve) => {
       const child = execFile(
         process.execPath,
         ["--import", "tsx", "broker/main.ts"],
@@ -278,8 +276,26 @@ describe("broker process with a bad config file", () => {
         (_error, _stdout, stderr) => resolve({ code: child.exitCode, stderr: String(stderr) }),
       );
     });
+  }
+
+  it("exits non-zero with stderr naming the bad field", async () => {
+    const raw = validRaw(({ resource }) => {
+      resource.adapter = "telepathy";
+    });
+    const { code, stderr } = await startWith(raw, "bad.yaml");
     expect(code).to.be.a("number").and.not.equal(0);
     expect(stderr).to.include("resources.0.adapter");
+    expect(stderr).to.not.include("    at ");
+  });
+
+  it("exits non-zero naming the option an adapter refuses", async () => {
+    const raw = validRaw(({ resource }) => {
+      resource.options = { audience: "https://demo-api.example", algorithm: "HS256" };
+    }) as Record<string, unknown>;
+    raw.redis = { url: process.env.REDIS_URL ?? "redis://127.0.0.1:6379/0", prefix: "jktest-config-options" };
+    const { code, stderr } = await startWith(raw, "bad-options.yaml");
+    expect(code).to.be.a("number").and.not.equal(0);
+    expect(stderr).to.include("invalid configuration").and.include("resources.0.options.algorithm");
     expect(stderr).to.not.include("    at ");
   });
 });

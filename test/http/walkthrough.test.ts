@@ -31,6 +31,7 @@ describe("HTTP walkthrough: agent creates task → operator approves → mint �
     expect(task.agentId).to.equal("ci:agent-reporter");
     expect(task.dataClassification).to.equal("confidential");
     expect(task.resources[0].owner).to.equal("data-team");
+    expect(task.agentOwner, "approvers see who answers for the agent").to.equal("platform-team");
 
     const pending = await t.http.get("/v1/tasks?status=pending").set(op).expect(200);
     expect(pending.body.tasks.map((x: { id: string }) => x.id)).to.include(task.id);
