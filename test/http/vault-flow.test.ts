@@ -143,8 +143,9 @@ describe("HTTP flow with a Vault dynamic database resource (fake Vault, real Pos
 
   it("sweeps a Vault lease that no jitkey lease owns (a crash before the handle was recorded)", async () => {
     const adapter = t.broker.adapters.get("app-db");
+    if (!adapter) throw new Error("app-db has no adapter");
     // The adapter issued, then the broker died before recording anything: no jitkey lease exists.
-    const orphan = await adapter?.issue({
+    const orphan = await adapter.issue({
       leaseId: `lse_orphan${RUN_TAG}`,
       taskId: "tsk_lost",
       agentId: "ci:agent-lost",
@@ -152,8 +153,8 @@ describe("HTTP flow with a Vault dynamic database resource (fake Vault, real Pos
       scopes: ["read"],
       expiresAt: new Date(Math.floor(Date.now() / 1000 + 300) * 1000),
     });
-    const vaultLeaseId = orphan?.handle as string;
-    const { username } = orphan?.credential.data as { username: string };
+    const vaultLeaseId = orphan.handle as string;
+    const { username } = orphan.credential.data as { username: string };
     expect(await rolesOfRun()).to.include(username);
     // Past the reconciler's staleness cutoff, as if the crash was a while ago.
     fake.backdateLease(vaultLeaseId, t.config.revocation.staleSeconds + 60);
