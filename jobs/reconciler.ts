@@ -128,6 +128,21 @@ export class Reconciler {
     for (const id of ids) if (await this.deps.taskService.expireIfDue(id)) report.expiredTasks += 1;
   }
 
+  /**
+   * Whether any resource's live lease recorded `handle`. Every resource is asked, not only the
+   * one being swept: two resources may share a backend path, and one's sweep must never take
+   * the other's live credentials for orphans.
+   */
+  private async isHandleOwned(handle: string): Promise<boolean> {
+    const pipeline = this.deps.redis.pipeline();
+    for (const resource of this.deps.adapters.keys()) pipeline.hexists(this.deps.keys.resourceHandles(resource), handle);
+    const answers = (await pipeline.exec()) ?? [];
+    // Unsure is not unowned: an error stops the sweep rather than revoke a live credential.
+    const failed = answers.find(([error]) => error !== null);
+    if (failed) throw failed[0];
+    return answers.some(([, owned]) => owned === 1);
+  }
+
   private async sweepOrphans(report: ReconcileReport): Promise<void> {
     const { redis, keys, clock } = this.deps;
     const createdBefore = new Date(clock.now() - this.deps.revocation.staleSeconds * 1000);
@@ -136,8 +151,7 @@ export class Reconciler {
       try {
         const { revoked } = await adapter.sweepOrphans({
           createdBefore,
-          isHandleOwned: async (handle) =>
-            (await redis.hexists(keys.resourceHandles(resource), handle)) === 1,
+          isHandleOwned: (handle) => this.isHandleOwned(handle),
         });
         for (const handle of revoked) {
           await this.deps.audit.record({

@@ -54,8 +54,8 @@ describe("HTTP flow with a Vault dynamic database resource (fake Vault, real Pos
     t = await startTestBroker({
       name: "vault-flow",
       config: (raw) => {
-        (raw.resources as unknown[]).push({
-          name: "app-db",
+        const dbResource = (name: string) => ({
+          name,
           adapter: "vault",
           classification: "confidential",
           scopes: ["read"],
@@ -69,10 +69,13 @@ describe("HTTP flow with a Vault dynamic database resource (fake Vault, real Pos
             policies: ["db-read"],
           },
         });
+        // A second resource on the same Vault path (say, longer TTLs for batch jobs): each one's
+        // orphan sweep sees the other's leases under the shared prefix.
+        (raw.resources as unknown[]).push(dbResource("app-db"), dbResource("app-db-batch"));
         (raw.policies as unknown[]).push({
           name: "db-readers",
           agents: ["ci:agent-*"],
-          resources: ["app-db"],
+          resources: ["app-db", "app-db-batch"],
           scopes: ["read"],
           maxClassification: "confidential",
           maxTtlSeconds: 300,
@@ -165,5 +168,35 @@ describe("HTTP flow with a Vault dynamic database resource (fake Vault, real Pos
     expect(await rolesOfRun()).to.not.include(username);
     const audit = await t.broker.audit.query({ limit: 1000 });
     expect(audit.filter((e) => e.type === "orphan_revoked").map((e) => e.handle)).to.include(vaultLeaseId);
+  });
+
+  it("never sweeps a live lease of another resource that shares the Vault path", async () => {
+    const agent = { Authorization: `Bearer ${await t.agentToken("agent-batch")}` };
+    const created = await t.http
+      .post("/v1/tasks")
+      .set(agent)
+      .send({ goal: "Nightly export", resources: [{ resource: "app-db", scopes: ["read"] }] })
+      .expect(201);
+    const taskId = created.body.task.id as string;
+    await t.http
+      .post(`/v1/tasks/${taskId}/approve`)
+      .set({ Authorization: `Bearer ${t.operatorToken}` })
+      .send({})
+      .expect(200);
+    const minted = await t.http
+      .post(`/v1/tasks/${taskId}/leases`)
+      .set(agent)
+      .send({ resource: "app-db" })
+      .expect(201);
+    const { username, password } = minted.body.credential.data as { username: string; password: string };
+    const vaultLeaseId = (await t.broker.leaseStore.get(minted.body.lease.id))?.handle as string;
+    // Old enough for any sweep: only ownership protects it now.
+    fake.backdateLease(vaultLeaseId, t.config.revocation.staleSeconds + 60);
+
+    const report = await t.broker.reconciler.run();
+    expect(report.orphans).to.equal(0);
+    expect(fake.liveLeases().map((l) => l.id)).to.include(vaultLeaseId);
+    expect(await login(username, password)).to.equal(username);
+    await t.http.post(`/v1/tasks/${taskId}/complete`).set(agent).expect(200);
   });
 });
