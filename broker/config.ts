@@ -63,7 +63,11 @@ export const ConfigSchema = z
         host: z.string().default("127.0.0.1"),
         /** The broker's public base URL: `iss` of its credentials; default http://host:port. */
         publicUrl: z.url().optional(),
-        trustProxy: z.boolean().default(false),
+        /**
+         * Express `trust proxy`: false, a hop count, or addresses/CIDRs of trusted proxies
+         * ("loopback, 10.0.0.0/8"). `true` would trust any X-Forwarded-For a client sends.
+         */
+        trustProxy: z.union([z.literal(false), z.number().int().min(1).max(10), z.string().min(1)]).default(false),
       })
       .prefault({}),
     redis: z

@@ -48,22 +48,25 @@ export class Authenticator {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
     const token = match[1];
-    // Operator and introspector tokens are checked first: a noisy client never locks them out.
-    const known = this.broker.principals.match(token);
-    if (known) return known;
-
     const { config } = this.broker;
     const failureBucket = `auth-fail:${req.ip ?? "unknown"}`;
-    await this.#limiter.check(failureBucket, config.limits.failedAuthPerMinute);
     try {
-      if (!looksLikeJwt(token)) throw new IdentityRejectedError("unknown bearer token");
+      if (!looksLikeJwt(token)) {
+        // Opaque tokens can be guessed: an address past its failure limit gets no answer at all,
+        // right or wrong, so guessing stops.
+        await this.#limiter.check(failureBucket, config.limits.failedAuthPerMinute);
+        const known = this.broker.principals.match(token);
+        if (known) return known;
+        throw new IdentityRejectedError("unknown bearer token");
+      }
+      // A signed identity token cannot be guessed: one that verifies is never locked out by
+      // other clients' failures behind the same address.
       const agent = await this.broker.verifier.verify(token);
       await this.#limiter.hit(`agent:${agent.id}`, config.limits.agentRequestsPerMinute);
       return agent;
     } catch (error) {
       if (error instanceof IdentityRejectedError) {
         this.broker.metrics.identityRejected.inc();
-        await this.#limiter.hit(failureBucket, Number.MAX_SAFE_INTEGER);
         await this.broker.audit.record({
           type: "identity_rejected",
           actor: `ip:${req.ip ?? "unknown"}`,
@@ -72,6 +75,7 @@ export class Authenticator {
           issuer: error.issuer,
           route: `${req.method} ${req.originalUrl.split("?")[0]}`,
         });
+        await this.#limiter.hit(failureBucket, config.limits.failedAuthPerMinute);
       }
       throw error;
     }

@@ -398,10 +398,16 @@ describe("HTTP errors: rate_limited", () => {
     const limited = answers.at(-1) as Response;
     expectError(limited, 429, "rate_limited");
     expect(Number(limited.headers["retry-after"])).to.be.within(1, 60);
-    // Operators are recognised before the failed-auth limit applies: a noisy client does not lock them out.
-    await broker.http.get("/v1/tasks").set(bearer(broker.operatorToken)).expect(200);
+    // Guessing stops: past the limit even the right opaque token gets no answer from that address.
+    expectError(await broker.http.get("/v1/tasks").set(bearer(broker.operatorToken)), 429, "rate_limited");
+    // A signed identity token cannot be guessed, so a real agent behind the same address still gets in.
+    await broker.http
+      .post("/v1/tasks")
+      .set(bearer(await broker.agentToken()))
+      .send({ goal: "still works", resources: [{ resource: "demo-api", scopes: ["read"] }] })
+      .expect(201);
     // Unknown opaque tokens are denials too, and land in the audit trail.
-    const audit = await broker.http.get("/v1/audit").set(bearer(broker.operatorToken)).expect(200);
+    const audit = { body: { events: await broker.broker.audit.query({ limit: 1000 }) } };
     const rejected = audit.body.events.filter((e: { type: string }) => e.type === "identity_rejected");
     expect(rejected.length).to.be.at.least(3);
     expect(rejected[0]).to.include({
@@ -409,6 +415,26 @@ describe("HTTP errors: rate_limited", () => {
       reason: "unknown bearer token",
       route: "GET /v1/tasks",
     });
+  });
+
+  it("does not let a client dodge the failed-auth limit by rotating X-Forwarded-For", async () => {
+    t = await startTestBroker({
+      name: "errors-xff",
+      workers: false,
+      config: (raw) => {
+        raw.limits = { failedAuthPerMinute: 2 };
+      },
+    });
+    const broker = t;
+    const statuses: number[] = [];
+    for (const forwarded of ["203.0.113.1", "203.0.113.2", "203.0.113.3"]) {
+      const res = await broker.http
+        .get("/v1/tasks")
+        .set(bearer("guess-123"))
+        .set("X-Forwarded-For", forwarded);
+      statuses.push(res.status);
+    }
+    expect(statuses).to.deep.equal([401, 401, 429]);
   });
 });
 
