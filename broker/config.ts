@@ -67,7 +67,9 @@ export const ConfigSchema = z
          * Express `trust proxy`: false, a hop count, or addresses/CIDRs of trusted proxies
          * ("loopback, 10.0.0.0/8"). `true` would trust any X-Forwarded-For a client sends.
          */
-        trustProxy: z.union([z.literal(false), z.number().int().min(1).max(10), z.string().min(1)]).default(false),
+        trustProxy: z
+          .union([z.literal(false), z.number().int().min(1).max(10), z.string().min(1)])
+          .default(false),
       })
       .prefault({}),
     redis: z

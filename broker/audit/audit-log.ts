@@ -21,6 +21,7 @@ export const AUDIT_EVENT_TYPES = [
   "revocation_requested",
   "orphan_revoked",
   "identity_rejected",
+  "access_denied",
   "introspected",
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];

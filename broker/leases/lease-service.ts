@@ -70,10 +70,6 @@ export class LeaseService {
     request: { resource: string; scopes?: string[]; ttlSeconds?: number },
   ): Promise<{ lease: Lease; credential: IssuedCredential["credential"] }> {
     const { audit, clock, policy, metrics } = this.deps;
-    const task = await this.deps.tasks.get(taskId);
-    if (!task) throw new NotFoundError("task");
-    if (task.agentId !== agent.id)
-      throw new ForbiddenError("only the agent that created the task may mint for it");
     const denied = async (error: JitkeyError): Promise<never> => {
       metrics.denials.inc({ decision: "lease", code: error.code });
       await audit.record({
@@ -87,6 +83,11 @@ export class LeaseService {
       });
       throw error;
     };
+    const task = await this.deps.tasks.get(taskId);
+    if (!task) return denied(new NotFoundError("task"));
+    // Minting on someone else's task is credential reuse across tasks: refused, and on record.
+    if (task.agentId !== agent.id)
+      return denied(new ForbiddenError("only the agent that created the task may mint for it"));
     if (task.status === "pending") return denied(new TaskNotApprovedError(taskId));
     const now = clock.now();
     if (task.status !== "approved") return denied(new TaskClosedError(taskId, task.status));
@@ -207,6 +208,17 @@ export class LeaseService {
     if (!lease) throw new NotFoundError("lease");
     if (principal.kind === "operator") return lease;
     if (principal.kind === "agent" && principal.id === lease.agentId) return lease;
+    await this.deps.audit.record({
+      type: "access_denied",
+      actor: actorOf(principal),
+      // Filed under the agent that tried, so its audit trail shows the attempt.
+      agentId: principal.kind === "agent" ? principal.id : undefined,
+      ownerAgentId: lease.agentId,
+      taskId: lease.taskId,
+      leaseId,
+      decision: "deny",
+      reason: `${actorOf(principal)} does not own this lease`,
+    });
     throw new ForbiddenError("only the owning agent or an operator may see this lease");
   }
 

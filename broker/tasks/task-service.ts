@@ -134,6 +134,16 @@ export class TaskService {
     if (!task) throw new NotFoundError("task");
     if (principal.kind === "operator" || (principal.kind === "agent" && principal.id === task.agentId))
       return task;
+    await this.deps.audit.record({
+      type: "access_denied",
+      actor: actorOf(principal),
+      // Filed under the agent that tried, so its audit trail shows the attempt.
+      agentId: principal.kind === "agent" ? principal.id : undefined,
+      ownerAgentId: task.agentId,
+      taskId,
+      decision: "deny",
+      reason: `${actorOf(principal)} does not own this task`,
+    });
     throw new ForbiddenError("only the owning agent or an operator may see this task");
   }
 

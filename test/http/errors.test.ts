@@ -204,6 +204,16 @@ describe("HTTP errors: every code in the contract, through real requests", () =>
       // The lease is untouched by the intruder's attempts.
       const lease = await t.http.get(`/v1/leases/${leaseId}`).set(approvalAgent).expect(200);
       expect(lease.body.lease.status).to.equal("active");
+      // Every attempt is on the intruder's own audit trail.
+      const audit = await t.http
+        .get("/v1/audit?agentId=ci:agent-intruder")
+        .set(bearer(t.operatorToken))
+        .expect(200);
+      const attempts = audit.body.events.map(
+        (e: { type: string; decision: string }) => `${e.type}:${e.decision}`,
+      );
+      expect(attempts).to.include.members(["access_denied:deny", "lease_denied:deny"]);
+      expect(attempts.filter((a: string) => a === "access_denied:deny")).to.have.length(4);
     });
   });
 
