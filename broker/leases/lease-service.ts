@@ -186,6 +186,12 @@ export class LeaseService {
       await this.revokeLateIssue(lease, adapter, issued);
       return denied(new TaskClosedError(taskId, "revoked"));
     }
+    if (expiresAt.getTime() < expiresAtMs) {
+      // The backend granted less than asked: the lease's revocation moves up to match.
+      await this.deps.redis.zadd(this.deps.keys.liveLeases, expiresAt.getTime(), lease.id);
+      await this.deps.queue.cancelLeaseExpiry(lease.id);
+      await this.deps.queue.scheduleLeaseExpiry(lease.id, expiresAt, clock.now());
+    }
     metrics.leasesMinted.inc({ resource: resource.name, adapter: adapter.kind });
     await audit.record({
       type: "lease_issued",
@@ -310,7 +316,8 @@ export class LeaseService {
     if (!lease || lease.status === "revoked") return "skipped";
     if (lease.status === "issuing" || lease.status === "active") {
       if (!attempt.expiry) return "skipped";
-      const moved = await leases.transition(leaseId, [lease.status], {
+      // Either status: a mint may activate the lease between the read above and this write.
+      const moved = await leases.transition(leaseId, ["issuing", "active"], {
         status: "revoking",
         revokeReason: "expired",
         revokeRequestedAt: lease.expiresAt,

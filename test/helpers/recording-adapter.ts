@@ -26,6 +26,8 @@ export class RecordingAdapter implements CredentialAdapter {
   revokePermanent = false;
   /** While set, revoke waits on it: a worker can be killed mid-revoke. */
   revokeGate: Promise<void> | undefined;
+  /** When set, the "backend" grants only this many seconds, shorter than the lease asked for. */
+  grantSeconds: number | undefined;
   /** Called inside issue, before anything is created: tests inspect broker state there. */
   onIssue: ((request: IssueRequest) => Promise<void>) | undefined;
   /** Every secret handed out, to search Redis and logs for. */
@@ -55,14 +57,21 @@ export class RecordingAdapter implements CredentialAdapter {
       ttlMs + 3_600_000,
     );
     if (this.failIssue === "after-create") throw new AdapterError("backend failed after creating");
+    const granted =
+      this.grantSeconds === undefined
+        ? request.expiresAt
+        : new Date(
+            Math.min(request.expiresAt.getTime(), Math.floor(Date.now() / 1000 + this.grantSeconds) * 1000),
+          );
     return {
       credential: {
         type: "recording",
         username: `u-${request.leaseId}`,
         password: secret,
-        expiresAt: request.expiresAt.toISOString(),
+        expiresAt: granted.toISOString(),
       },
       handle: `artifact/${request.leaseId}`,
+      ...(this.grantSeconds === undefined ? {} : { expiresAt: granted }),
     };
   }
 

@@ -35,6 +35,22 @@ describe("revocation triggers", () => {
   }
 
   describe("expiry", () => {
+    it("moves revocation up when the backend grants less than the lease asked for", async () => {
+      const agent = await agentSession(t);
+      const taskId = await createTask(t, agent);
+      t.recording.grantSeconds = 2;
+      try {
+        const { lease, credential } = await mintLease(t, agent, taskId, { ttlSeconds: 300 });
+        expect(Date.parse(lease.expiresAt) - Date.now()).to.be.at.most(2000);
+        expect(lease.expiresAt).to.equal(credential.expiresAt);
+        const revoked = await leaseReaches(t, lease.id, "revoked", 6000);
+        expect(revoked.revokeReason).to.equal("expired");
+        expect(await t.recording.liveArtifacts()).to.not.include(lease.id);
+      } finally {
+        t.recording.grantSeconds = undefined;
+      }
+    });
+
     it("revokes a lease at its expiry with reason expired and removes its artifact", async () => {
       const agent = await agentSession(t);
       const taskId = await createTask(t, agent);
