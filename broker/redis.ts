@@ -162,6 +162,11 @@ export class RecordStore<T extends StatusRecord> {
     return { changed: result[0] === 1, record: raw ? (JSON.parse(raw) as T) : undefined };
   }
 
+  /** Cancels a retention expiry: the record is live again. */
+  async persist(id: string): Promise<void> {
+    await this.redis.persist(this.keyOf(id));
+  }
+
   /** Keeps a finished record for `seconds`, then lets Redis drop it. */
   async expireAfter(id: string, seconds: number): Promise<void> {
     await this.redis.expire(this.keyOf(id), Math.ceil(seconds));

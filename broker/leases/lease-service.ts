@@ -399,7 +399,16 @@ export class LeaseService {
         handle,
         references,
       });
-      if (reopened.record) await this.markRevokeFailed(reopened.record, error);
+      if (!reopened.record) return;
+      // A live credential again: no retention expiry, back in the live index with its handle,
+      // so the reconciler keeps retrying it until it is gone.
+      await this.deps.leases.persist(lease.id);
+      const pipeline = this.deps.redis
+        .pipeline()
+        .zadd(this.deps.keys.liveLeases, Date.parse(reopened.record.expiresAt), lease.id);
+      if (handle) pipeline.hset(this.deps.keys.resourceHandles(lease.resource), handle, lease.id);
+      await pipeline.exec();
+      await this.markRevokeFailed(reopened.record, error);
     }
   }
 

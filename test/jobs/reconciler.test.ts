@@ -173,6 +173,9 @@ describe("reconciler", () => {
       expect((await mint.answer).body.error.code).to.equal("task_closed");
       const failed = await t.broker.leaseStore.get(leaseId);
       expect(failed).to.include({ status: "revoke_failed", handle: `artifact/${leaseId}` });
+      // Live again: no retention expiry on the record, and back in the live index.
+      expect(await t.redis.ttl(t.broker.keys.lease(leaseId))).to.equal(-1);
+      expect(await t.redis.zscore(t.broker.keys.liveLeases, leaseId)).to.not.equal(null);
       expect(await t.recording.liveArtifacts()).to.deep.equal([leaseId]);
 
       t.recording.revokePermanent = false;
