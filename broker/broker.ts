@@ -126,7 +126,15 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     clock,
     config,
   });
-  const revocations = new RevocationService({ redis, keys, leases, tasks, audit, clock });
+  const revocations = new RevocationService({
+    redis,
+    keys,
+    leases,
+    tasks,
+    audit,
+    clock,
+    retentionDays: config.retention.leaseRecordDays,
+  });
   const reconciler = new Reconciler({
     redis,
     keys,

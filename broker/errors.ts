@@ -76,6 +76,14 @@ export class TaskClosedError extends JitkeyError {
   }
 }
 
+/** The lease was revoked (by an operator or the reconciler) while its credential was being issued. */
+export class LeaseRevokedError extends JitkeyError {
+  static override readonly code = "lease_revoked";
+  constructor(leaseId: string) {
+    super(`lease ${leaseId} was revoked while it was being issued; request a new one`, 409);
+  }
+}
+
 export class RateLimitedError extends JitkeyError {
   static override readonly code = "rate_limited";
   readonly retryAfterSeconds: number;

@@ -57,7 +57,11 @@ async function main(argv: string[]): Promise<void> {
   let server: Server | undefined;
   let port = config.http.port;
   if (mode !== "worker") {
-    server = createServer();
+    // Until the app is attached, answer rather than hang: the port is bound before Redis is reached.
+    server = createServer((_req, res) => {
+      res.writeHead(503, { "Content-Type": "application/json", "Retry-After": "1" });
+      res.end(JSON.stringify({ error: { code: "unavailable", message: "starting" } }));
+    });
     await new Promise<void>((resolve, reject) => {
       server?.once("error", reject);
       server?.listen(config.http.port, config.http.host, () => resolve());
@@ -67,7 +71,10 @@ async function main(argv: string[]): Promise<void> {
   }
   const issuer = publicUrl(config, port);
   const broker = await createBroker(config, { logger, issuer, dev });
-  if (server) server.on("request", createApp(broker));
+  if (server) {
+    server.removeAllListeners("request");
+    server.on("request", createApp(broker));
+  }
   if (mode !== "serve") await broker.startWorkers();
   logger.info("jitkey started", { mode, url: server ? issuer : undefined, devMode: config.devMode });
   if (dev) announceDevMode(issuer, dev);

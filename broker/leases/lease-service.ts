@@ -9,6 +9,7 @@ import {
   AdapterUnavailableError,
   ForbiddenError,
   type JitkeyError,
+  LeaseRevokedError,
   NotFoundError,
   PolicyDeniedError,
   TaskClosedError,
@@ -184,7 +185,12 @@ export class LeaseService {
       // Revoked while the adapter worked (task completed, operator, reconciler). That revocation
       // may have run before the credential existed, so revoke what just arrived, here.
       await this.revokeLateIssue(lease, adapter, issued);
-      return denied(new TaskClosedError(taskId, "revoked"));
+      const now = await this.deps.tasks.get(taskId);
+      return denied(
+        now?.status === "approved"
+          ? new LeaseRevokedError(lease.id)
+          : new TaskClosedError(taskId, now?.status ?? "missing"),
+      );
     }
     if (expiresAt.getTime() < expiresAtMs) {
       // The backend granted less than asked: the lease's revocation moves up to match.
@@ -280,12 +286,13 @@ export class LeaseService {
       const current = await this.deps.leases.get(id);
       if (!current || !["issuing", "active", "revoke_failed"].includes(current.status)) continue;
       const round = (current.revokeRound ?? 0) + 1;
+      // A retry after revoke_failed is the same revocation: keep who asked, when and why.
+      const retry = current.status === "revoke_failed";
       const result = await this.deps.leases.transition(id, [current.status], {
         status: "revoking",
-        revokeReason: current.status === "revoke_failed" ? current.revokeReason : reason,
-        revokeRequestedAt:
-          current.revokeRequestedAt && current.status === "revoke_failed" ? current.revokeRequestedAt : now,
-        revokeRequestedBy: actor,
+        revokeReason: retry ? (current.revokeReason ?? reason) : reason,
+        revokeRequestedAt: retry ? (current.revokeRequestedAt ?? now) : now,
+        revokeRequestedBy: retry ? (current.revokeRequestedBy ?? actor) : actor,
         revokeRound: round,
       });
       if (result.changed && result.record) moved.push(result.record);

@@ -43,6 +43,8 @@ export class RevocationService {
       tasks: TaskService;
       audit: AuditLog;
       clock: Clock;
+      /** How long the revocation record is kept; the audit event stays for good. */
+      retentionDays: number;
     },
   ) {}
 
@@ -87,7 +89,12 @@ export class RevocationService {
       matched,
       tasksRevoked,
     };
-    await redis.set(keys.revocation(id), JSON.stringify(revocation));
+    await redis.set(
+      keys.revocation(id),
+      JSON.stringify(revocation),
+      "EX",
+      Math.ceil(this.deps.retentionDays * 86_400),
+    );
     await this.deps.audit.record({
       type: "revocation_requested",
       actor,

@@ -116,6 +116,12 @@ export class PolicyEngine {
     if (notApproved.length > 0)
       throw new PolicyDeniedError(`scopes ${notApproved.join(", ")} were not approved for the task`);
     this.checkScopes(request.resource, scopes, resource, rule);
+    // The resource's data may have been reclassified since the task was approved.
+    if (classificationRank(resource.classification) > classificationRank(task.dataClassification)) {
+      throw new PolicyDeniedError(
+        `${request.resource} now holds ${resource.classification} data, above the task's ${task.dataClassification}`,
+      );
+    }
     this.checkClassification(request.resource, task.dataClassification, rule);
     const maxTtlSeconds = Math.min(rule.maxTtlSeconds, resource.maxTtlSeconds);
     if (request.ttlSeconds !== undefined && request.ttlSeconds > maxTtlSeconds) {

@@ -325,6 +325,21 @@ describe("PolicyEngine", () => {
       });
       denial(() => classificationLowered.evaluateLease("ci:x", task, { resource: "api", scopes: ["read"] }));
 
+      const resourceReclassified = new PolicyEngine({
+        resources: [resource("api", { classification: "restricted" })],
+        policies: [
+          rule({
+            agents: ["ci:*"],
+            resources: ["api"],
+            scopes: ["read", "write"],
+            maxClassification: "restricted",
+          }),
+        ],
+      });
+      expect(
+        denial(() => resourceReclassified.evaluateLease("ci:x", task, { resource: "api" })).reason,
+      ).to.match(/restricted data, above the task's internal/);
+
       const ttlLowered = new PolicyEngine({
         resources,
         policies: [

@@ -69,7 +69,14 @@ describe("crash recovery with real processes", function () {
     for (const leaseId of leaseIds)
       expect((await t.broker.leaseStore.get(leaseId))?.status).to.equal("issuing");
 
-    clock.advance((t.config.revocation.staleSeconds + 1) * 1000);
+    // The child stamped issuedAt with the real clock, which may have run past the manual one
+    // under load: move to a moment stale for every lease it wrote.
+    const store = t.broker.leaseStore;
+    const leases = await Promise.all(leaseIds.map((leaseId) => store.get(leaseId)));
+    const lastIssued = Math.max(...leases.map((lease) => Date.parse(lease?.issuedAt ?? "")));
+    clock.advance(
+      Math.max(lastIssued, clock.now()) - clock.now() + (t.config.revocation.staleSeconds + 1) * 1000,
+    );
     expect((await t.broker.reconciler.run()).staleIssuing).to.equal(2);
     await t.broker.startWorkers({ lockDurationMs: 1000, stalledIntervalMs: 500 });
     for (const leaseId of leaseIds) {

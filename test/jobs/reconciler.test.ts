@@ -149,7 +149,7 @@ describe("reconciler", () => {
       mint.release();
       const res = await mint.answer;
       expect(res.status).to.equal(409);
-      expect(res.body.error.code).to.equal("task_closed");
+      expect(res.body.error.code).to.equal("lease_revoked");
       await eventually(async () => (await t.recording.liveArtifacts()).length === 0, 5000);
       expect((await t.broker.leaseStore.get(leaseId))?.status).to.equal("revoked");
     } finally {

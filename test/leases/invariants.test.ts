@@ -329,6 +329,11 @@ describe("invariant: revocation is idempotent and retried; failures are marked, 
     expect((await t.broker.reconciler.run()).retriedFailed).to.equal(1);
     const revoked = await leaseReaches(t, lease.id, "revoked");
     expect(revoked.revokeReason).to.equal("operator");
+    // The retry is the operator's revocation still: the record and the audit keep who asked.
+    expect(revoked.revokeRequestedBy).to.equal("operator:alice");
+    expect(eventOf(await auditEvents(t, { leaseId: lease.id }), "lease_revoked").actor).to.equal(
+      "operator:alice",
+    );
     expect(t.recording.revokeCalls).to.equal(2);
     expect(await t.recording.liveArtifacts()).to.not.include(lease.id);
     const listed = await t.http.get("/v1/leases?status=revoke_failed").set(operatorHeaders(t)).expect(200);

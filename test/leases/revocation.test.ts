@@ -166,6 +166,11 @@ describe("revocation triggers", () => {
       const { lease: sibling } = await mintLease(t, agent, taskId);
       const revocation = await forceRevoke({ leaseId: lease.id });
       expect(revocation.matched).to.equal(1);
+      // The request record is kept for the retention period, not forever (its audit event is).
+      const ttl = await t.redis.ttl(t.broker.keys.revocation(revocation.id));
+      expect(ttl)
+        .to.be.greaterThan(0)
+        .and.at.most(t.config.retention.leaseRecordDays * 86_400);
       const revoked = await leaseReaches(t, lease.id, "revoked");
       expect(revoked.revokeReason).to.equal("operator");
       expect((await t.broker.leaseStore.get(sibling.id))?.status).to.equal("active");
