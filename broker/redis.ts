@@ -95,7 +95,8 @@ export interface StatusRecord {
   readonly status: string;
 }
 
-// Compare-and-set on one key: apply the patch only when the status is one of those allowed.
+// Compare-and-set on one key: apply the patch only when the status is one of those allowed and
+// every expected field (ARGV[3]) still holds its value.
 // One key per script keeps it valid on Redis Cluster.
 const TRANSITION_SCRIPT = `
 local raw = redis.call('GET', KEYS[1])
@@ -107,6 +108,9 @@ for _, status in ipairs(allowed) do
   if record.status == status then matched = true end
 end
 if not matched then return {0, raw} end
+for field, value in pairs(cjson.decode(ARGV[3])) do
+  if record[field] ~= value then return {0, raw} end
+end
 for field, value in pairs(cjson.decode(ARGV[2])) do record[field] = value end
 local out = cjson.encode(record)
 redis.call('SET', KEYS[1], out, 'KEEPTTL')
@@ -146,18 +150,25 @@ export class RecordStore<T extends StatusRecord> {
   }
 
   /**
-   * Applies `patch` only if the record's status is one of `from`.
+   * Applies `patch` only if the record's status is one of `from` and each field in `expect`
+   * still has the given value.
    * Returns the record after the change, or `{ changed: false, record }` as it stands.
    */
   async transition(
     id: string,
     from: readonly string[],
     patch: Partial<T>,
+    expect: Partial<T> = {},
   ): Promise<{ changed: boolean; record?: T }> {
     const client = this.redis as Redis & {
-      jitkeyTransition(key: string, from: string, patch: string): Promise<[number, string?]>;
+      jitkeyTransition(key: string, from: string, patch: string, expect: string): Promise<[number, string?]>;
     };
-    const result = await client.jitkeyTransition(this.keyOf(id), JSON.stringify(from), JSON.stringify(patch));
+    const result = await client.jitkeyTransition(
+      this.keyOf(id),
+      JSON.stringify(from),
+      JSON.stringify(patch),
+      JSON.stringify(expect),
+    );
     const raw = result[1];
     return { changed: result[0] === 1, record: raw ? (JSON.parse(raw) as T) : undefined };
   }

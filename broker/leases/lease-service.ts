@@ -352,10 +352,14 @@ export class LeaseService {
       throw error;
     }
     const revokedAt = clock.now();
-    const done = await leases.transition(lease.id, ["revoking", "revoke_failed"], {
-      status: "revoked",
-      revokedAt: new Date(revokedAt).toISOString(),
-    });
+    // Only this round may settle the lease: a newer round (a credential that arrived after this
+    // revoke ran) must not be marked revoked by an older job.
+    const done = await leases.transition(
+      lease.id,
+      ["revoking", "revoke_failed"],
+      { status: "revoked", revokedAt: new Date(revokedAt).toISOString() },
+      { revokeRound: lease.revokeRound },
+    );
     if (!done.changed) return "skipped";
     await this.afterRevoked(lease, revokedAt);
     return "revoked";
@@ -401,12 +405,20 @@ export class LeaseService {
       await adapter.revoke({ leaseId: lease.id, resource: lease.resource, handle, references });
       if (handle) await this.deps.redis.hdel(this.deps.keys.resourceHandles(lease.resource), handle);
     } catch (error) {
-      const reopened = await this.deps.leases.transition(lease.id, ["revoking", "revoked", "revoke_failed"], {
-        status: "revoking",
-        handle,
-        references,
-      });
-      if (!reopened.record) return;
+      // A new round: whatever job of an earlier round is still running may no longer settle it.
+      // Retried a few times because such a job may move the lease between our read and write.
+      let reopened: { changed: boolean; record?: Lease } = { changed: false };
+      for (let attempt = 0; attempt < 5 && !reopened.changed; attempt++) {
+        const current = await this.deps.leases.get(lease.id);
+        if (!current) return;
+        reopened = await this.deps.leases.transition(
+          lease.id,
+          [current.status],
+          { status: "revoking", handle, references, revokeRound: (current.revokeRound ?? 0) + 1 },
+          { revokeRound: current.revokeRound },
+        );
+      }
+      if (!reopened.changed || !reopened.record) throw error;
       // A live credential again: no retention expiry, back in the live index with its handle,
       // so the reconciler keeps retrying it until it is gone.
       await this.deps.leases.persist(lease.id);
@@ -422,11 +434,12 @@ export class LeaseService {
   private async markRevokeFailed(lease: Lease, error: unknown): Promise<void> {
     const now = this.deps.clock.now();
     const message = error instanceof Error ? error.message : "revoke failed";
-    const marked = await this.deps.leases.transition(lease.id, ["revoking"], {
-      status: "revoke_failed",
-      revokeFailedAt: new Date(now).toISOString(),
-      lastError: message,
-    });
+    const marked = await this.deps.leases.transition(
+      lease.id,
+      ["revoking"],
+      { status: "revoke_failed", revokeFailedAt: new Date(now).toISOString(), lastError: message },
+      { revokeRound: lease.revokeRound },
+    );
     if (!marked.changed) return;
     await this.deps.redis.zadd(this.deps.keys.failedLeases, now, lease.id);
     this.deps.metrics.revokeFailures.inc({ resource: lease.resource });
