@@ -144,7 +144,7 @@ export class Reconciler {
   }
 
   private async sweepOrphans(report: ReconcileReport): Promise<void> {
-    const { redis, keys, clock } = this.deps;
+    const { clock } = this.deps;
     const createdBefore = new Date(clock.now() - this.deps.revocation.staleSeconds * 1000);
     for (const [resource, adapter] of this.deps.adapters) {
       if (!adapter.sweepOrphans) continue;
