@@ -135,7 +135,8 @@ export class Reconciler {
    */
   private async isHandleOwned(handle: string): Promise<boolean> {
     const pipeline = this.deps.redis.pipeline();
-    for (const resource of this.deps.adapters.keys()) pipeline.hexists(this.deps.keys.resourceHandles(resource), handle);
+    for (const resource of this.deps.adapters.keys())
+      pipeline.hexists(this.deps.keys.resourceHandles(resource), handle);
     const answers = (await pipeline.exec()) ?? [];
     // Unsure is not unowned: an error stops the sweep rather than revoke a live credential.
     const failed = answers.find(([error]) => error !== null);
