@@ -173,23 +173,25 @@ export class LeaseService {
 
     const expiresAt =
       issued.expiresAt && issued.expiresAt.getTime() < expiresAtMs ? issued.expiresAt : new Date(expiresAtMs);
+    // The handle is indexed before the lease turns active, so a release racing with this mint
+    // removes it after it was added, never before.
+    if (issued.handle)
+      await this.deps.redis.hset(this.deps.keys.resourceHandles(resource.name), issued.handle, lease.id);
     const activated = await this.deps.leases.transition(lease.id, ["issuing"], {
       status: "active",
       handle: issued.handle,
       references: issued.references,
       expiresAt: expiresAt.toISOString(),
     });
-    if (issued.handle)
-      await this.deps.redis.hset(this.deps.keys.resourceHandles(resource.name), issued.handle, lease.id);
     if (!activated.changed) {
       // Revoked while the adapter worked (task completed, operator, reconciler). That revocation
       // may have run before the credential existed, so revoke what just arrived, here.
       await this.revokeLateIssue(lease, adapter, issued);
-      const now = await this.deps.tasks.get(taskId);
+      const taskNow = await this.deps.tasks.get(taskId);
       return denied(
-        now?.status === "approved"
+        taskNow?.status === "approved"
           ? new LeaseRevokedError(lease.id)
-          : new TaskClosedError(taskId, now?.status ?? "missing"),
+          : new TaskClosedError(taskId, taskNow?.status ?? "missing"),
       );
     }
     if (expiresAt.getTime() < expiresAtMs) {
