@@ -19,13 +19,23 @@ export interface ReconcileReport {
   retriedFailed: number;
   expiredTasks: number;
   orphans: number;
+  /** Revoked leases a crash had left in the live index. */
+  tidied: number;
 }
 
 const PAGE = 500;
 
 /** A report of a pass that did nothing. */
 export function emptyReport(): ReconcileReport {
-  return { expiredLeases: 0, staleIssuing: 0, requeued: 0, retriedFailed: 0, expiredTasks: 0, orphans: 0 };
+  return {
+    expiredLeases: 0,
+    staleIssuing: 0,
+    requeued: 0,
+    retriedFailed: 0,
+    expiredTasks: 0,
+    orphans: 0,
+    tidied: 0,
+  };
 }
 
 /**
@@ -103,7 +113,9 @@ export class Reconciler {
         ) {
           if (await queue.requeueRevoke(lease)) report.requeued += 1;
         } else if (lease.status === "revoked") {
-          await redis.zrem(keys.liveLeases, lease.id);
+          // Revoked, but a crash stopped the tidying: finish it.
+          await leaseService.tidyRevoked(lease);
+          report.tidied += 1;
         }
       }
       if (ids.length < PAGE) break;

@@ -367,14 +367,23 @@ export class LeaseService {
     return "revoked";
   }
 
-  private async afterRevoked(lease: Lease, revokedAt: number): Promise<void> {
-    const { redis, keys, metrics, audit } = this.deps;
+  /**
+   * Takes a revoked lease out of the live indexes and starts its retention clock. Idempotent:
+   * the reconciler calls it again for a revoked lease a crash left half tidied.
+   */
+  async tidyRevoked(lease: Lease): Promise<void> {
+    const { redis, keys } = this.deps;
     const pipeline = redis.pipeline();
     pipeline.zrem(keys.liveLeases, lease.id);
     pipeline.zrem(keys.failedLeases, lease.id);
     if (lease.handle) pipeline.hdel(keys.resourceHandles(lease.resource), lease.handle);
     await pipeline.exec();
     await this.deps.leases.expireAfter(lease.id, this.deps.config.retention.leaseRecordDays * 86_400);
+  }
+
+  private async afterRevoked(lease: Lease, revokedAt: number): Promise<void> {
+    const { metrics, audit } = this.deps;
+    await this.tidyRevoked(lease);
     if (lease.revokeReason !== "expired") await this.deps.queue.cancelLeaseExpiry(lease.id);
     const reason = lease.revokeReason ?? "expired";
     const dueAt = Date.parse(lease.revokeRequestedAt ?? lease.expiresAt);

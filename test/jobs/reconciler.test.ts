@@ -190,6 +190,26 @@ describe("reconciler", () => {
     }
   });
 
+  it("finishes tidying a revoked lease a crash left in the live index with its handle", async () => {
+    await startWorker();
+    const agent = await agentSession(t);
+    const taskId = await createTask(t, agent);
+    const { lease } = await mintLease(t, agent, taskId);
+    await t.http.delete(`/v1/leases/${lease.id}`).set(agent.headers).expect(202);
+    await leaseReaches(t, lease.id, "revoked");
+    // What a crash right after the revoked write leaves: still indexed as live, handle owned, no expiry.
+    const keys = t.broker.keys;
+    await t.redis.zadd(keys.liveLeases, Date.parse(lease.expiresAt), lease.id);
+    await t.redis.hset(keys.resourceHandles("records"), `artifact/${lease.id}`, lease.id);
+    await t.redis.persist(keys.lease(lease.id));
+
+    expect(await t.broker.reconciler.run()).to.deep.equal({ ...NOTHING, tidied: 1 });
+    expect(await t.redis.zscore(keys.liveLeases, lease.id)).to.equal(null);
+    expect(await t.redis.hexists(keys.resourceHandles("records"), `artifact/${lease.id}`)).to.equal(0);
+    expect(await t.redis.ttl(keys.lease(lease.id))).to.be.greaterThan(0);
+    expect(await t.broker.reconciler.run()).to.deep.equal(NOTHING);
+  });
+
   it("re-enqueues a lease stuck in revoking whose job is gone", async () => {
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent);
@@ -322,6 +342,7 @@ describe("reconciler", () => {
       retriedFailed: 1,
       expiredTasks: 1,
       orphans: 0,
+      tidied: 0,
     });
     const reconciled = await t.broker.metrics.registry.getSingleMetricAsString(
       "jitkey_reconciler_actions_total",
