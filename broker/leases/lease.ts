@@ -3,14 +3,6 @@ import type { RevocationMode } from "../../adapters/types.ts";
 export const LEASE_STATUSES = ["issuing", "active", "revoking", "revoked", "revoke_failed"] as const;
 export type LeaseStatus = (typeof LEASE_STATUSES)[number];
 
-/** Statuses of a lease that may still hold a live credential somewhere. */
-export const UNREVOKED_LEASE_STATUSES: readonly LeaseStatus[] = [
-  "issuing",
-  "active",
-  "revoking",
-  "revoke_failed",
-];
-
 export const REVOKE_REASONS = [
   "expired",
   "task_completed",
