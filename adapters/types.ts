@@ -22,6 +22,17 @@ export interface AdapterCapabilities {
   readonly revocation: RevocationMode;
   /** Whether `renew` is implemented. */
   readonly renewable: boolean;
+  /**
+   * The shortest credential the backend can issue (AWS STS: 900 s). A lease may still be
+   * shorter: the broker revokes it at the lease's own expiry, and the credential's
+   * `expiresAt` says the lease's end. Only meaningful with `revocation: "backend"`.
+   */
+  readonly minTtlSeconds?: number;
+  /**
+   * The longest credential the backend issues (or, for a credential nothing can revoke, the
+   * longest the adapter is willing to hand out). The broker caps every lease to it.
+   */
+  readonly maxTtlSeconds?: number;
 }
 
 /** Everything an adapter needs to mint one credential. No HTTP, task or policy objects. */
@@ -146,6 +157,16 @@ export class AdapterError extends Error {
   }
 }
 
+/** Locks shared by every broker and worker process (Redis-backed in the broker). */
+export interface AdapterLocks {
+  /**
+   * Runs `fn` while holding the lock `name`, so read-modify-write of one backend object
+   * (an IAM policy document, say) never loses a concurrent writer's change.
+   * Throws when the lock cannot be taken in time; treat that as transient.
+   */
+  withLock<T>(name: string, fn: () => Promise<T>): Promise<T>;
+}
+
 /** What the broker hands an adapter factory besides the resource's own options. */
 export interface AdapterContext {
   /** The configured resource name. */
@@ -156,6 +177,10 @@ export interface AdapterContext {
   readonly signingKeys: import("./jwt/signing-keys.ts").SigningKeyring;
   /** Structured logger; never pass it a secret. */
   readonly logger: import("winston").Logger;
+  /** The broker's clock: adapters read "now" here, never from `Date.now()`, so tests can move it. */
+  readonly clock: import("../broker/clock.ts").Clock;
+  /** Cross-process locks, for backends whose revocation is a read-modify-write. */
+  readonly locks: AdapterLocks;
 }
 
 /**

@@ -17,6 +17,7 @@ import { Introspection } from "./leases/introspection.ts";
 import type { Lease } from "./leases/lease.ts";
 import { LeaseService } from "./leases/lease-service.ts";
 import { RevocationService } from "./leases/revocation-service.ts";
+import { RedisLocks } from "./locks.ts";
 import { createLogger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
@@ -84,9 +85,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     pemAlgorithm: config.signing.pemAlgorithm,
   });
 
+  const locks = new RedisLocks(redis, (name) => keys.lock(name));
   const adapters = new Map<string, CredentialAdapter>();
   config.resources.forEach((resource, index) => {
-    const context = { resource: resource.name, issuer, signingKeys, logger };
+    const context: AdapterContext = { resource: resource.name, issuer, signingKeys, logger, clock, locks };
     adapters.set(
       resource.name,
       options.adapters?.get(resource.name) ?? buildAdapter(resource, index, context),

@@ -80,6 +80,10 @@ export class RedisKeys {
   rateLimit(bucket: string, window: number): string {
     return `${this.base}:rate:${bucket}:${window}`;
   }
+  /** A named cross-process lock (adapters' read-modify-write of one backend object). */
+  lock(name: string): string {
+    return `${this.base}:lock:${name}`;
+  }
   revocation(id: string): string {
     return `${this.base}:revocation:{${id}}`;
   }

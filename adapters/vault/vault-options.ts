@@ -1,10 +1,12 @@
 import { z } from "zod";
+import { SecretRef } from "../../broker/secret-ref.ts";
 
 /** How the broker itself logs in to Vault. */
 const AppRoleLogin = z
   .object({
     roleId: z.string().min(1),
-    secretId: z.string().min(1),
+    /** The secret id: the value, `{ env: NAME }` or `{ file: PATH }`. */
+    secretId: SecretRef,
     /** Where the AppRole auth method is mounted; default `approle`. */
     mountPath: z.string().min(1).default("approle"),
   })
@@ -24,7 +26,7 @@ const VaultPath = z
  * ```yaml
  * options:
  *   address: http://vault:8200
- *   appRole: { roleId: "...", secretId: "..." }
+ *   appRole: { roleId: "...", secretId: { file: /run/secrets/vault-secret-id } }
  *   mode: dynamic
  *   path: database/creds/readonly
  *   wrapTtlSeconds: 120
@@ -34,8 +36,11 @@ export const VaultAdapterOptions = z
   .object({
     /** Vault's base URL, e.g. `https://vault.example:8200`. */
     address: z.url({ protocol: /^https?$/ }),
-    /** A static token for the broker. Exactly one of `token` and `appRole`. */
-    token: z.string().min(1).optional(),
+    /**
+     * A static token for the broker: the value, `{ env: NAME }` or `{ file: PATH }`.
+     * Exactly one of `token` and `appRole`.
+     */
+    token: SecretRef.optional(),
     /** AppRole credentials; the broker logs in, renews its token and logs in again as needed. */
     appRole: AppRoleLogin.optional(),
     /** Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace` on every request. */

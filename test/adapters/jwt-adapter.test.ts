@@ -6,8 +6,8 @@ import { createLocalJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify } from "
 import { createJwtAdapter } from "../../adapters/jwt/jwt-adapter.ts";
 import { SigningKeyring } from "../../adapters/jwt/signing-keys.ts";
 import type { IssuedCredential } from "../../adapters/types.ts";
-import { createLogger } from "../../broker/logger.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
+import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 async function keyring() {
   const dir = await mkdtemp(join(tmpdir(), "jitkey-jwt-"));
@@ -16,12 +16,7 @@ async function keyring() {
 }
 
 function context(keys: SigningKeyring) {
-  return {
-    resource: "demo-api",
-    issuer: "https://jitkey.test",
-    signingKeys: keys,
-    logger: createLogger({ transports: [] as never[] }),
-  };
+  return testAdapterContext({ resource: "demo-api", signingKeys: keys });
 }
 
 for (const algorithm of ["ES256", "EdDSA"] as const) {

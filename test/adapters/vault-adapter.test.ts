@@ -5,12 +5,12 @@ import { expect } from "chai";
 import NodeVault from "node-vault";
 import pg from "pg";
 import winston from "winston";
-import type { SigningKeyring } from "../../adapters/jwt/signing-keys.ts";
 import type { CredentialAdapter, IssuedCredential, IssueRequest } from "../../adapters/types.ts";
 import { AdapterError } from "../../adapters/types.ts";
 import { createVaultAdapter } from "../../adapters/vault/vault-adapter.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import { FakeVaultServer, jitkeyUsernameTemplate } from "../fakes/vault-fake/fake-vault-server.ts";
+import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const POSTGRES_URL = process.env.JITKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const RESOURCE = "vault-db";
@@ -53,13 +53,7 @@ function vaultAdapter(
   options: Record<string, unknown>,
   logger = capturingLogger().logger,
 ): CredentialAdapter {
-  return createVaultAdapter(options, {
-    resource: RESOURCE,
-    issuer: "https://jitkey.test",
-    // The vault adapter signs nothing; it never touches the keyring.
-    signingKeys: undefined as unknown as SigningKeyring,
-    logger,
-  });
+  return createVaultAdapter(options, testAdapterContext({ resource: RESOURCE, logger }));
 }
 
 function issueRequest(ttlSeconds = 60, leaseId = newTestLeaseId()): IssueRequest {
