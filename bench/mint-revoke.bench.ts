@@ -95,7 +95,12 @@ async function main(): Promise<void> {
   const elapsed = (performance.now() - started) / 1000;
   const redis = new Redis(REDIS_URL);
   const drainStart = performance.now();
-  while ((await redis.zcard(broker.keys.liveLeases)) > 0 && performance.now() - drainStart < 60_000) {
+  const live = async () =>
+    (await Promise.all(broker.keys.shards.map((shard) => redis.zcard(shard.liveLeases)))).reduce(
+      (a, b) => a + b,
+      0,
+    );
+  while ((await live()) > 0 && performance.now() - drainStart < 60_000) {
     await new Promise((r) => setTimeout(r, 50));
   }
   const lag = await broker.metrics.revokeLag.get();

@@ -6,6 +6,7 @@ import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
 import { adapterFactories } from "../adapters/registry.ts";
 import type { AdapterContext, CredentialAdapter } from "../adapters/types.ts";
+import { DueSweeper } from "../jobs/due-sweeper.ts";
 import { RevocationQueue } from "../jobs/queues.ts";
 import { Reconciler } from "../jobs/reconciler.ts";
 import { type RevocationWorkerOptions, startRevocationWorker } from "../jobs/revoke.worker.ts";
@@ -15,14 +16,19 @@ import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./conf
 import { AgentVerifier } from "./identity/agent-verifier.ts";
 import { Introspection } from "./leases/introspection.ts";
 import type { Lease } from "./leases/lease.ts";
+import { LeaseMinter } from "./leases/lease-minter.ts";
+import { LeaseRevoker } from "./leases/lease-revoker.ts";
 import { LeaseService } from "./leases/lease-service.ts";
+import { LeaseStates } from "./leases/lease-states.ts";
 import { RevocationService } from "./leases/revocation-service.ts";
 import { RedisLocks } from "./locks.ts";
 import { createLogger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import { PolicyEngine } from "./policy/policy-engine.ts";
-import { connectRedis, RecordStore, RedisKeys } from "./redis.ts";
+import { connectRedis, RedisKeys } from "./redis.ts";
+import { AtomicWriter } from "./store/atomic-write.ts";
+import { RecordStore } from "./store/record-store.ts";
 import type { Task } from "./tasks/task.ts";
 import { TaskService } from "./tasks/task-service.ts";
 
@@ -58,13 +64,15 @@ export interface Broker {
   readonly leases: LeaseService;
   readonly leaseStore: RecordStore<Lease>;
   readonly taskStore: RecordStore<Task>;
+  readonly revoker: LeaseRevoker;
   readonly revocations: RevocationService;
   readonly introspection: Introspection;
   readonly queue: RevocationQueue;
+  readonly sweeper: DueSweeper;
   readonly reconciler: Reconciler;
   readonly dev: import("./dev-mode.ts").DevModeSecrets | undefined;
-  /** Starts revocation workers in this process and schedules the reconciler. */
-  startWorkers(options?: Partial<RevocationWorkerOptions>): Promise<Worker>;
+  /** Starts revocation workers and the due sweeper in this process and schedules the reconciler. */
+  startWorkers(options?: Partial<RevocationWorkerOptions> & { sweep?: boolean }): Promise<Worker>;
   /** Closes workers, queues, adapters and Redis connections. */
   close(): Promise<void>;
 }
@@ -76,7 +84,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const logger = options.logger ?? createLogger({ level: config.log.level });
   const clock = options.clock ?? systemClock;
   const issuer = options.issuer ?? publicUrl(config);
-  const keys = new RedisKeys(config.redis.prefix);
+  const keys = new RedisKeys(config.redis.prefix, undefined, config.redis.shards);
   const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
   const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
   const signingKeys = await SigningKeyring.load({
@@ -84,6 +92,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
     pemAlgorithm: config.signing.pemAlgorithm,
   });
+  await checkShardCount(redis, keys);
 
   const locks = new RedisLocks(redis, (name) => keys.lock(name));
   const adapters = new Map<string, CredentialAdapter>();
@@ -96,31 +105,68 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
   });
 
-  const metrics = new Metrics({ countLiveLeases: () => redis.zcard(keys.liveLeases), defaultMetrics: false });
-  const audit = new AuditLog(redis, keys, logger, clock);
-  const policy = new PolicyEngine(config);
-  const queue = new RevocationQueue(queueConnection, keys.queuePrefix, config.revocation);
-  const leaseStore = new RecordStore<Lease>(redis, (id) => keys.lease(id));
-  const taskStore = new RecordStore<Task>(redis, (id) => keys.task(id));
-  const leases = new LeaseService({
+  const metrics = new Metrics({
+    countLiveLeases: async () => {
+      const counts = await Promise.all(
+        keys.shards.flatMap((shard) => [
+          redis.zcard(shard.liveLeases),
+          redis.zcard(shard.revokingLeases),
+          redis.zcard(shard.failedLeases),
+        ]),
+      );
+      return counts.reduce((sum, n) => sum + n, 0);
+    },
+    defaultMetrics: false,
+  });
+  const leaseStore = new RecordStore<Lease>(redis, keys, (shard, id) => shard.lease(id));
+  const taskStore = new RecordStore<Task>(redis, keys, (shard, id) => shard.task(id));
+  const writer = new AtomicWriter(redis, {
+    retentionMs: config.retention.auditDays * 86_400_000,
+    channel: keys.eventsChannel,
+  });
+  const audit = new AuditLog({
     redis,
     keys,
+    writer,
+    logger,
+    clock,
+    taskOfLease: async (leaseId) => (await leaseStore.get(leaseId))?.taskId,
+  });
+  const policy = new PolicyEngine(config);
+  const queue = new RevocationQueue(queueConnection, keys.queuePrefix);
+  const states = new LeaseStates(keys, {
+    staleMs: config.revocation.staleSeconds * 1000,
+    retentionSeconds: config.retention.leaseRecordDays * 86_400,
+  });
+  const revoker = new LeaseRevoker({
     leases: leaseStore,
     tasks: taskStore,
-    policy,
+    states,
     adapters,
     queue,
     audit,
     metrics,
     clock,
     logger,
-    config,
+    revocation: config.revocation,
   });
+  const minter = new LeaseMinter({
+    tasks: taskStore,
+    leases: leaseStore,
+    states,
+    revoker,
+    policy,
+    adapters,
+    audit,
+    metrics,
+    clock,
+    logger,
+  });
+  const leases = new LeaseService({ redis, keys, leases: leaseStore, minter, revoker, audit, clock });
   const tasks = new TaskService({
     redis,
     keys,
     tasks: taskStore,
-    leasesService: leases,
     policy,
     queue,
     audit,
@@ -131,8 +177,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const revocations = new RevocationService({
     redis,
     keys,
-    leases,
     tasks,
+    taskStore,
+    leaseStore,
+    revoker,
     audit,
     clock,
     retentionDays: config.retention.leaseRecordDays,
@@ -140,16 +188,21 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const reconciler = new Reconciler({
     redis,
     keys,
-    leases: leaseStore,
-    leaseService: leases,
-    taskService: tasks,
-    queue,
     adapters,
     audit,
     metrics,
     clock,
     logger,
     revocation: config.revocation,
+    retention: config.retention,
+  });
+  const sweeper = new DueSweeper({
+    redis,
+    keys,
+    queue,
+    clock,
+    logger,
+    staleMs: config.revocation.staleSeconds * 1000,
   });
   const workers: Worker[] = [];
 
@@ -172,35 +225,42 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     leases,
     leaseStore,
     taskStore,
+    revoker,
     revocations,
-    introspection: new Introspection({
-      issuer,
-      signingKeys,
-      leases: leaseStore,
-      tasks: taskStore,
-      audit,
-      clock,
-    }),
+    introspection: new Introspection({ redis, keys, issuer, signingKeys, states, audit, metrics, clock }),
     queue,
+    sweeper,
     reconciler,
     dev: options.dev,
-    async startWorkers(workerOptions = {}) {
+    async startWorkers({ sweep = true, ...workerOptions } = {}) {
       const worker = startRevocationWorker(
-        { connection: queueConnection, prefix: keys.queuePrefix, leases, tasks, reconciler, logger },
+        { connection: queueConnection, prefix: keys.queuePrefix, revoker, tasks, reconciler, logger },
         { concurrency: config.revocation.concurrency, ...workerOptions },
       );
-      workers.push(worker);
+      workers.push(worker as unknown as Worker);
       await worker.waitUntilReady();
+      if (sweep) sweeper.start();
       await queue.scheduleReconciler(config.revocation.reconcileIntervalSeconds * 1000);
-      return worker;
+      return worker as unknown as Worker;
     },
     async close() {
+      await sweeper.stop();
       await Promise.allSettled(workers.map((worker) => worker.close()));
       await queue.close();
       await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));
       await Promise.allSettled([redis.quit(), queueConnection.quit()]);
     },
   };
+}
+
+/** The shard count is fixed for the life of the data: refuse to run with another one. */
+async function checkShardCount(redis: Redis, keys: RedisKeys): Promise<void> {
+  await redis.hsetnx(keys.meta, "shards", String(keys.shardCount));
+  const stored = Number(await redis.hget(keys.meta, "shards"));
+  if (stored !== keys.shardCount)
+    throw new ConfigError(
+      `redis.shards is ${keys.shardCount}, but the data under prefix ${keys.prefix} was written with ${stored} shards; set redis.shards: ${stored}`,
+    );
 }
 
 /** Builds a resource's adapter; options the adapter refuses become a ConfigError naming the field. */

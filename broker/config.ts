@@ -4,6 +4,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { SIGNING_ALGORITHMS } from "../adapters/jwt/signing-keys.ts";
 import { ADAPTER_KINDS } from "../adapters/registry.ts";
+import { SHARD_COUNTS } from "./ids.ts";
 
 /** Data classifications, lowest first. */
 export const CLASSIFICATIONS = ["public", "internal", "confidential", "restricted"] as const;
@@ -31,6 +32,10 @@ const issuerSchema = z
   });
 
 const principalSchema = z.object({ name, tokenSha256: sha256Hex });
+const introspectorSchema = principalSchema.extend({
+  /** Resources whose credentials it may ask about; credentials of any other answer `active: false`. */
+  resources: z.array(name).min(1).optional(),
+});
 
 const resourceSchema = z.object({
   name,
@@ -80,6 +85,15 @@ export const ConfigSchema = z
           .string()
           .regex(/^[A-Za-z0-9:_-]+$/)
           .default("jitkey"),
+        /**
+         * Storage shards (one Redis Cluster hash slot each): 1, 2, 4, 8, 16, 32 or 64. Fixed for
+         * the life of the data; a broker refuses to start against data written with another count.
+         */
+        shards: z
+          .number()
+          .int()
+          .refine((n) => (SHARD_COUNTS as readonly number[]).includes(n), "one of 1, 2, 4, 8, 16, 32, 64")
+          .default(16),
       })
       .prefault({}),
     data: z.object({ dir: z.string().default(".jitkey") }).prefault({}),
@@ -93,7 +107,7 @@ export const ConfigSchema = z
       issuers: z.array(issuerSchema).min(1),
     }),
     operators: z.array(principalSchema).default([]),
-    introspectors: z.array(principalSchema).default([]),
+    introspectors: z.array(introspectorSchema).default([]),
     resources: z.array(resourceSchema).default([]),
     policies: z.array(policySchema).default([]),
     tasks: z
@@ -117,7 +131,14 @@ export const ConfigSchema = z
         failedAuthPerMinute: z.number().int().min(1).default(60),
       })
       .prefault({}),
-    retention: z.object({ leaseRecordDays: z.number().min(1).default(30) }).prefault({}),
+    retention: z
+      .object({
+        /** Revoked lease and closed task records expire after this. */
+        leaseRecordDays: z.number().min(1).default(30),
+        /** Audit events (and their indexes) are trimmed after this. */
+        auditDays: z.number().min(1).default(30),
+      })
+      .prefault({}),
     log: z.object({ level: z.enum(["error", "warn", "info", "debug"]).default("info") }).prefault({}),
     /** Set by the broker itself when it started without a config file. */
     devMode: z.boolean().default(false),
@@ -166,6 +187,16 @@ export const ConfigSchema = z
       });
     }
     const resources = new Map(config.resources.map((r) => [r.name, r]));
+    config.introspectors.forEach((introspector, index) => {
+      introspector.resources?.forEach((resourceName, j) => {
+        if (!resources.has(resourceName))
+          ctx.addIssue({
+            code: "custom",
+            path: ["introspectors", index, "resources", j],
+            message: `unknown resource "${resourceName}"`,
+          });
+      });
+    });
     config.policies.forEach((rule, index) => {
       const known = rule.resources.flatMap((resourceName, j) => {
         const resource = resources.get(resourceName);

@@ -54,6 +54,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly introspections = new Counter({
+    name: "jitkey_introspections_total",
+    help: "Introspection answers, by result (active, or why inactive)",
+    labelNames: ["result"] as const,
+    registers: [this.registry],
+  });
+
   readonly identityRejected = new Counter({
     name: "jitkey_identity_rejected_total",
     help: "Agent identity tokens rejected",

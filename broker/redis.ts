@@ -1,5 +1,5 @@
-import { type ChainableCommander, Redis, type RedisOptions } from "ioredis";
-import { DEFAULT_TENANT } from "./ids.ts";
+import { Redis, type RedisOptions } from "ioredis";
+import { DEFAULT_TENANT, shardOfId, shardOfText } from "./ids.ts";
 
 /**
  * Opens a client. `forQueues` clients never give up on a command (BullMQ needs that);
@@ -16,66 +16,50 @@ export function connectRedis(url: string, options: { forQueues?: boolean; name?:
 }
 
 /**
- * Every Redis key the broker uses, in one place. Keys carry the tenant from the start, and
- * the keys of one record share a hash slot (`{id}`), so Redis Cluster can hold them.
+ * Every Redis key the broker uses, in one place. Keys carry the tenant from the start.
+ *
+ * Records live in **shards**: a task, its leases, their indexes and their audit events share
+ * one shard, whose keys share one hash tag (`{<prefix>:<tenant>:<n>}`) and so one Redis
+ * Cluster slot. That lets one Lua script change a record, its indexes and write its audit
+ * event together, on a single Redis or a cluster alike. The shard of an id is fixed by the
+ * id itself (`shardOfId`); the number of shards is fixed for the life of the data.
  */
 export class RedisKeys {
   readonly base: string;
+  readonly #shards: ShardKeys[];
+
   constructor(
     readonly prefix: string,
     readonly tenant: string = DEFAULT_TENANT,
+    readonly shardCount = 16,
   ) {
     this.base = `${prefix}:${tenant}`;
+    this.#shards = Array.from({ length: shardCount }, (_, n) => new ShardKeys(this.base, n));
   }
-  task(id: string): string {
-    return `${this.base}:task:{${id}}`;
+
+  /** The shard a task or lease id lives in. */
+  forId(id: string): ShardKeys {
+    return this.shard(shardOfId(id, this.shardCount));
   }
-  taskLeases(taskId: string): string {
-    return `${this.base}:task:{${taskId}}:leases`;
+
+  /** The shard that holds an agent's events when they name no task. */
+  forAgent(agentId: string): ShardKeys {
+    return this.shard(shardOfText(agentId, this.shardCount));
   }
-  lease(id: string): string {
-    return `${this.base}:lease:{${id}}`;
+
+  shard(n: number): ShardKeys {
+    const shard = this.#shards[n];
+    if (!shard) throw new RangeError(`no shard ${n}`);
+    return shard;
   }
-  agentLeases(agentId: string): string {
-    return `${this.base}:agent-leases:${agentId}`;
+
+  get shards(): readonly ShardKeys[] {
+    return this.#shards;
   }
-  agentTasks(agentId: string): string {
-    return `${this.base}:agent-tasks:${agentId}`;
-  }
-  resourceLeases(resource: string): string {
-    return `${this.base}:resource-leases:${resource}`;
-  }
-  /** Handle → lease id, for leases not yet revoked (orphan sweeps ask it). */
-  resourceHandles(resource: string): string {
-    return `${this.base}:resource-handles:${resource}`;
-  }
-  /** Tasks by creation time. */
-  get allTasks(): string {
-    return `${this.base}:tasks:all`;
-  }
-  /** Pending tasks by creation time. */
-  get pendingTasks(): string {
-    return `${this.base}:tasks:pending`;
-  }
-  /** Pending and approved tasks by expiry. */
-  get liveTasks(): string {
-    return `${this.base}:tasks:live`;
-  }
-  /** Leases by issue time. */
-  get allLeases(): string {
-    return `${this.base}:leases:all`;
-  }
-  /** Leases not yet revoked (issuing, active, revoking) by expiry. */
-  get liveLeases(): string {
-    return `${this.base}:leases:live`;
-  }
-  /** `revoke_failed` leases by failure time. */
-  get failedLeases(): string {
-    return `${this.base}:leases:failed`;
-  }
-  /** The append-only audit stream, and per-entity streams that index it. */
-  auditStream(index?: { kind: "task" | "agent" | "lease"; id: string }): string {
-    return index ? `${this.base}:audit:${index.kind}:${index.id}` : `${this.base}:audit`;
+
+  /** Settings fixed for the life of the data (the shard count), checked at start. */
+  get meta(): string {
+    return `${this.base}:meta`;
   }
   rateLimit(bucket: string, window: number): string {
     return `${this.base}:rate:${bucket}:${window}`;
@@ -87,103 +71,88 @@ export class RedisKeys {
   revocation(id: string): string {
     return `${this.base}:revocation:{${id}}`;
   }
+  /** Pub/sub channel of live events (task decisions, revocations) for waiting clients. */
+  get eventsChannel(): string {
+    return `${this.base}:events`;
+  }
   /** BullMQ's key prefix; hash-tagged so one queue's keys share a slot. */
   get queuePrefix(): string {
     return `{${this.base}:q}`;
   }
 }
 
-/** A record stored as JSON with a `status` that only moves by compare-and-set. */
-export interface StatusRecord {
-  readonly id: string;
-  readonly status: string;
-}
+/** The keys of one shard. Every key here carries the shard's hash tag. */
+export class ShardKeys {
+  /** The hash tag every key of this shard carries. */
+  readonly tag: string;
 
-// Compare-and-set on one key: apply the patch only when the status is one of those allowed and
-// every expected field (ARGV[3]) still holds its value.
-// One key per script keeps it valid on Redis Cluster.
-const TRANSITION_SCRIPT = `
-local raw = redis.call('GET', KEYS[1])
-if not raw then return {0} end
-local record = cjson.decode(raw)
-local allowed = cjson.decode(ARGV[1])
-local matched = false
-for _, status in ipairs(allowed) do
-  if record.status == status then matched = true end
-end
-if not matched then return {0, raw} end
-for field, value in pairs(cjson.decode(ARGV[3])) do
-  if record[field] ~= value then return {0, raw} end
-end
-for field, value in pairs(cjson.decode(ARGV[2])) do record[field] = value end
-local out = cjson.encode(record)
-redis.call('SET', KEYS[1], out, 'KEEPTTL')
-return {1, out}
-`;
-
-/** JSON records with atomic status transitions. */
-export class RecordStore<T extends StatusRecord> {
   constructor(
-    private readonly redis: Redis,
-    private readonly keyOf: (id: string) => string,
+    base: string,
+    readonly index: number,
   ) {
-    // Registered once per client: ioredis then sends EVALSHA and the script body only on a miss.
-    if (!("jitkeyTransition" in redis))
-      redis.defineCommand("jitkeyTransition", { numberOfKeys: 1, lua: TRANSITION_SCRIPT });
+    this.tag = `{${base}:${index}}`;
   }
 
-  async get(id: string): Promise<T | undefined> {
-    const raw = await this.redis.get(this.keyOf(id));
-    return raw ? (JSON.parse(raw) as T) : undefined;
+  task(id: string): string {
+    return `${this.tag}:task:${id}`;
   }
-
-  async getMany(ids: string[]): Promise<T[]> {
-    if (ids.length === 0) return [];
-    const raws = await this.redis.mget(ids.map((id) => this.keyOf(id)));
-    return raws.flatMap((raw) => (raw ? [JSON.parse(raw) as T] : []));
+  /** Every lease of a task, by issue time (kept as long as the task record). */
+  taskLeases(taskId: string): string {
+    return `${this.tag}:task-leases:${taskId}`;
   }
-
-  /** Writes a new record; false when the id is taken. */
-  async create(record: T): Promise<boolean> {
-    return (await this.redis.set(this.keyOf(record.id), JSON.stringify(record), "NX")) === "OK";
+  lease(id: string): string {
+    return `${this.tag}:lease:${id}`;
   }
-
-  /** Queues the write of a new record in `multi`, so it lands atomically with its indexes. */
-  createIn(multi: ChainableCommander, record: T): ChainableCommander {
-    return multi.set(this.keyOf(record.id), JSON.stringify(record), "NX");
+  /** An agent's tasks in this shard, by creation time. */
+  agentTasks(agentId: string): string {
+    return `${this.tag}:agent-tasks:${agentId}`;
   }
-
-  /**
-   * Applies `patch` only if the record's status is one of `from` and each field in `expect`
-   * still has the given value.
-   * Returns the record after the change, or `{ changed: false, record }` as it stands.
-   */
-  async transition(
-    id: string,
-    from: readonly string[],
-    patch: Partial<T>,
-    expect: Partial<T> = {},
-  ): Promise<{ changed: boolean; record?: T }> {
-    const client = this.redis as Redis & {
-      jitkeyTransition(key: string, from: string, patch: string, expect: string): Promise<[number, string?]>;
-    };
-    const result = await client.jitkeyTransition(
-      this.keyOf(id),
-      JSON.stringify(from),
-      JSON.stringify(patch),
-      JSON.stringify(expect),
-    );
-    const raw = result[1];
-    return { changed: result[0] === 1, record: raw ? (JSON.parse(raw) as T) : undefined };
+  /** A resource's leases in this shard, by issue time. */
+  resourceLeases(resource: string): string {
+    return `${this.tag}:resource-leases:${resource}`;
   }
-
-  /** Cancels a retention expiry: the record is live again. */
-  async persist(id: string): Promise<void> {
-    await this.redis.persist(this.keyOf(id));
+  /** Handle → lease id, for leases not yet revoked (orphan sweeps ask it). */
+  handles(resource: string): string {
+    return `${this.tag}:handles:${resource}`;
   }
-
-  /** Keeps a finished record for `seconds`, then lets Redis drop it. */
-  async expireAfter(id: string, seconds: number): Promise<void> {
-    await this.redis.expire(this.keyOf(id), Math.ceil(seconds));
+  /** Tasks by creation time. */
+  get allTasks(): string {
+    return `${this.tag}:tasks`;
+  }
+  /** Pending tasks by creation time. */
+  get pendingTasks(): string {
+    return `${this.tag}:tasks:pending`;
+  }
+  /** Pending and approved tasks, by when they must be looked at next (their expiry). */
+  get liveTasks(): string {
+    return `${this.tag}:tasks:live`;
+  }
+  /** Leases by issue time. */
+  get allLeases(): string {
+    return `${this.tag}:leases`;
+  }
+  /** `issuing` and `active` leases, by when they must be looked at next (expiry, or a stale mint). */
+  get liveLeases(): string {
+    return `${this.tag}:leases:live`;
+  }
+  /** Leases whose revocation is requested or under way, by when to look again if it stalls. */
+  get revokingLeases(): string {
+    return `${this.tag}:leases:revoking`;
+  }
+  /** `revoke_failed` leases, by when to retry them. */
+  get failedLeases(): string {
+    return `${this.tag}:leases:failed`;
+  }
+  /** The shard's audit stream: every event stored once. */
+  get audit(): string {
+    return `${this.tag}:audit`;
+  }
+  /** Ids of a task's audit events (its leases' events included). */
+  auditOfTask(taskId: string): string {
+    return `${this.tag}:audit-task:${taskId}`;
+  }
+  /** Ids of an agent's audit events in this shard. */
+  auditOfAgent(agentId: string): string {
+    return `${this.tag}:audit-agent:${agentId}`;
   }
 }

@@ -1,99 +1,59 @@
-import { type JobsOptions, Queue } from "bullmq";
-import type { Redis } from "ioredis";
-import type { Config } from "../broker/config.ts";
+import { type Job, type JobsOptions, Queue } from "bullmq";
+import type { Cluster, Redis } from "ioredis";
 
 /** The one queue that carries every revocation-path job. */
 export const REVOCATION_QUEUE = "revocation";
 
+/** The most ids one job carries: a task's 10,000 leases are settled by 20 jobs, in parallel. */
+export const IDS_PER_JOB = 500;
+
 /** Job names and their payloads. Payloads carry ids only: never a secret. */
 export interface JobPayloads {
-  /** Revoke a lease: due at its expiry (`expiry: true`), or at once after a revoke request. */
-  "revoke-lease": { leaseId: string; expiry?: boolean };
-  /** End a task at its expiry and revoke what it still holds. */
-  "expire-task": { taskId: string };
-  /** Find and end what a lost job or a crash left behind. */
+  /** Revoke (or settle, or tidy) leases that are due: expired, requested, retried or stalled. */
+  "settle-leases": { leaseIds: string[] };
+  /** End tasks whose time is up and revoke what they hold. */
+  "expire-tasks": { taskIds: string[] };
+  /** Periodic upkeep: adapter orphan sweeps and retention trims. */
   reconcile: Record<string, never>;
 }
 export type JobName = keyof JobPayloads;
+export type JobData = JobPayloads[JobName];
+export type RevocationJob = Job<JobData, unknown, JobName>;
 
-/** Deterministic job ids: one expiry job per lease and task, one job per revocation round. */
-export const jobIds = {
-  leaseExpiry: (leaseId: string) => `lease-expiry-${leaseId}`,
-  revokeRound: (leaseId: string, round: number) => `revoke-${leaseId}-r${round}`,
-  taskExpiry: (taskId: string) => `task-expiry-${taskId}`,
-};
+/** Narrows a job to one name, typing its payload. */
+export function isJob<N extends JobName>(
+  job: RevocationJob,
+  name: N,
+): job is Job<JobPayloads[N], unknown, N> {
+  return job.name === name;
+}
 
-/** Adds revocation-path jobs with their retry policy. */
+/**
+ * Adds revocation-path jobs. Retries of a lease's revocation are scheduled through the due
+ * indexes (see `jobs/due-sweeper.ts`), so a job's own retries only cover Redis hiccups.
+ */
 export class RevocationQueue {
-  readonly queue: Queue;
-  readonly #retry: JobsOptions;
+  readonly queue: Queue<JobData, unknown, JobName>;
+  readonly #options: JobsOptions = {
+    attempts: 3,
+    backoff: { type: "exponential", delay: 200 },
+    removeOnComplete: true,
+    // Failures stay a week for forensics; the due indexes retry the work anyway.
+    removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
+  };
 
-  constructor(connection: Redis, prefix: string, revocation: Config["revocation"]) {
-    this.queue = new Queue(REVOCATION_QUEUE, { connection, prefix });
-    this.#retry = {
-      attempts: revocation.attempts,
-      backoff: { type: "exponential", delay: revocation.backoffMs },
-      // Completed ids are freed so a later round can reuse nothing stale; failures stay a week for forensics.
-      removeOnComplete: true,
-      removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
-    };
+  constructor(connection: Redis | Cluster, prefix: string) {
+    this.queue = new Queue<JobData, unknown, JobName>(REVOCATION_QUEUE, { connection, prefix });
   }
 
-  /** Schedules the revocation that ends a lease at its expiry. */
-  async scheduleLeaseExpiry(leaseId: string, expiresAt: Date, now: number): Promise<void> {
-    await this.add(
-      "revoke-lease",
-      { leaseId, expiry: true },
-      jobIds.leaseExpiry(leaseId),
-      Math.max(0, expiresAt.getTime() - now),
-    );
+  /** Enqueues the settling of leases, in jobs of at most {@link IDS_PER_JOB}, in one round trip. */
+  async settleLeases(leaseIds: readonly string[]): Promise<void> {
+    await this.addChunks("settle-leases", leaseIds, (ids) => ({ leaseIds: ids }));
   }
 
-  /** Enqueues immediate revocations, one job per lease and round, in one round trip. */
-  async revokeNow(leases: { id: string; revokeRound?: number }[]): Promise<void> {
-    if (leases.length === 0) return;
-    await this.queue.addBulk(
-      leases.map((lease) => ({
-        name: "revoke-lease",
-        data: { leaseId: lease.id } satisfies JobPayloads["revoke-lease"],
-        opts: { ...this.#retry, jobId: jobIds.revokeRound(lease.id, lease.revokeRound ?? 1) },
-      })),
-    );
-  }
-
-  /**
-   * Enqueues a lease's current revocation round again. A job still queued or retrying absorbs
-   * this (same job id); a job that failed for good without settling the lease (it stalled past
-   * the limit) would absorb it too, so that one is retried from its first attempt instead.
-   * Returns whether anything was (re)queued.
-   */
-  async requeueRevoke(lease: { id: string; revokeRound?: number }): Promise<boolean> {
-    const job = await this.queue.getJob(jobIds.revokeRound(lease.id, lease.revokeRound ?? 1));
-    if (job && (await job.isFailed())) {
-      // Throws only when the job left `failed` meanwhile: then someone else already moved it.
-      await job
-        .retry("failed", { resetAttemptsMade: true, resetAttemptsStarted: true })
-        .catch(() => undefined);
-      return true;
-    }
-    // Still waiting, delayed for a retry or running: that job settles the lease.
-    if (job) return false;
-    await this.revokeNow([lease]);
-    return true;
-  }
-
-  /** Drops a lease's expiry job once the lease was revoked some other way. */
-  async cancelLeaseExpiry(leaseId: string): Promise<void> {
-    await this.queue.remove(jobIds.leaseExpiry(leaseId)).catch(() => 0);
-  }
-
-  async scheduleTaskExpiry(taskId: string, expiresAt: Date, now: number): Promise<void> {
-    await this.add(
-      "expire-task",
-      { taskId },
-      jobIds.taskExpiry(taskId),
-      Math.max(0, expiresAt.getTime() - now),
-    );
+  /** Enqueues the expiry of tasks. */
+  async expireTasks(taskIds: readonly string[]): Promise<void> {
+    await this.addChunks("expire-tasks", taskIds, (ids) => ({ taskIds: ids }));
   }
 
   /** Runs the reconciler every `everyMs` on whichever worker picks it up. */
@@ -109,12 +69,15 @@ export class RevocationQueue {
     await this.queue.close();
   }
 
-  private async add<N extends JobName>(
+  private async addChunks<N extends "settle-leases" | "expire-tasks">(
     name: N,
-    data: JobPayloads[N],
-    jobId: string,
-    delay: number,
+    ids: readonly string[],
+    payload: (ids: string[]) => JobPayloads[N],
   ): Promise<void> {
-    await this.queue.add(name, data, { ...this.#retry, jobId, delay });
+    if (ids.length === 0) return;
+    const jobs = [];
+    for (let at = 0; at < ids.length; at += IDS_PER_JOB)
+      jobs.push({ name, data: payload(ids.slice(at, at + IDS_PER_JOB)), opts: this.#options });
+    await this.queue.addBulk(jobs);
   }
 }

@@ -1,10 +1,9 @@
-import { type Job, UnrecoverableError, Worker } from "bullmq";
-import type { Redis } from "ioredis";
+import { UnrecoverableError, Worker } from "bullmq";
+import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "winston";
-import { AdapterError } from "../adapters/types.ts";
-import type { LeaseService } from "../broker/leases/lease-service.ts";
+import type { LeaseRevoker } from "../broker/leases/lease-revoker.ts";
 import type { TaskService } from "../broker/tasks/task-service.ts";
-import { type JobName, type JobPayloads, REVOCATION_QUEUE } from "./queues.ts";
+import { isJob, type JobData, type JobName, REVOCATION_QUEUE, type RevocationJob } from "./queues.ts";
 import type { Reconciler } from "./reconciler.ts";
 
 export interface RevocationWorkerOptions {
@@ -15,42 +14,31 @@ export interface RevocationWorkerOptions {
 }
 
 /**
- * Runs the revocation path: lease revocations (at expiry or on request), task expiry and the
- * reconciler. Permanent adapter failures are marked unrecoverable so BullMQ does not retry.
+ * Runs the revocation path: settling due leases (revocation through the adapters, with
+ * retries scheduled in the due indexes), task expiry and the reconciler.
  */
 export function startRevocationWorker(
   deps: {
-    connection: Redis;
+    connection: Redis | Cluster;
     prefix: string;
-    leases: LeaseService;
+    revoker: LeaseRevoker;
     tasks: TaskService;
     reconciler: Reconciler;
     logger: Logger;
   },
   options: RevocationWorkerOptions,
-): Worker {
-  const process = async (job: Job): Promise<unknown> => {
-    const name = job.name as JobName;
-    switch (name) {
-      case "revoke-lease": {
-        const data = job.data as JobPayloads["revoke-lease"];
-        const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        try {
-          return await deps.leases.revokeFromJob(data.leaseId, { expiry: data.expiry ?? false, final });
-        } catch (error) {
-          if (error instanceof AdapterError && error.permanent) throw new UnrecoverableError(error.message);
-          throw error;
-        }
-      }
-      case "expire-task":
-        return deps.tasks.expireIfDue((job.data as JobPayloads["expire-task"]).taskId);
-      case "reconcile":
-        return deps.reconciler.run();
-      default:
-        throw new UnrecoverableError(`unknown job ${job.name}`);
+): Worker<JobData, unknown, JobName> {
+  const process = async (job: RevocationJob): Promise<unknown> => {
+    if (isJob(job, "settle-leases")) return deps.revoker.settle(job.data.leaseIds);
+    if (isJob(job, "expire-tasks")) {
+      let expired = 0;
+      for (const taskId of job.data.taskIds) if (await deps.tasks.expireIfDue(taskId)) expired += 1;
+      return { expired };
     }
+    if (isJob(job, "reconcile")) return deps.reconciler.run();
+    throw new UnrecoverableError(`unknown job ${job.name}`);
   };
-  const worker = new Worker(REVOCATION_QUEUE, process, {
+  const worker = new Worker<JobData, unknown, JobName>(REVOCATION_QUEUE, process, {
     connection: deps.connection,
     prefix: deps.prefix,
     concurrency: options.concurrency,

@@ -1,8 +1,11 @@
-import type { Redis } from "ioredis";
+import { randomInt } from "node:crypto";
+import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "winston";
 import type { Clock } from "../clock.ts";
+import { InvalidRequestError } from "../errors.ts";
 import { redact } from "../logger.ts";
-import type { RedisKeys } from "../redis.ts";
+import type { RedisKeys, ShardKeys } from "../redis.ts";
+import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
 
 export const AUDIT_EVENT_TYPES = [
   "task_created",
@@ -25,6 +28,18 @@ export const AUDIT_EVENT_TYPES = [
   "introspected",
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
+
+/** Types also published on the live events channel, for clients waiting on them. */
+const LIVE_TYPES: ReadonlySet<AuditEventType> = new Set([
+  "task_created",
+  "task_approved",
+  "task_denied",
+  "task_completed",
+  "task_expired",
+  "task_revoked",
+  "lease_revoked",
+  "lease_revoke_failed",
+]);
 
 /** What a caller records; the log adds `id` and `at`. Never holds a secret. */
 export interface AuditInput {
@@ -52,60 +67,229 @@ export interface AuditQuery {
   limit: number;
 }
 
+/** Where an event sits in the trail: stream time, sequence, shard. Events sort by it. */
+interface EventPosition {
+  ms: number;
+  seq: number;
+  shard: number;
+}
+
+/** Longest string kept in an audit field; longer ones are cut (a goal is at most 2,000). */
+const MAX_FIELD_CHARS = 2048;
+const MAX_ARRAY_ITEMS = 64;
+
+/** A stored event's public id: `<ms>-<seq>-<shard>`. */
+export function publicEventId(streamId: string, shard: number): string {
+  return `${streamId}-${shard}`;
+}
+
+/** Parses a public event id; `invalid_request` for anything else. */
+export function parseEventId(id: string, shardCount: number): EventPosition {
+  const match = /^(\d{1,15})-(\d{1,15})-(\d{1,3})$/.exec(id);
+  const position = match
+    ? { ms: Number(match[1]), seq: Number(match[2]), shard: Number(match[3]) }
+    : undefined;
+  if (!position || position.shard >= shardCount)
+    throw new InvalidRequestError(`not an audit event id: ${id.slice(0, 64)}`);
+  return position;
+}
+
+function positionOf(streamId: string, shard: number): EventPosition {
+  const [ms, seq] = streamId.split("-");
+  return { ms: Number(ms), seq: Number(seq), shard };
+}
+
+function compare(a: EventPosition, b: EventPosition): number {
+  return a.ms - b.ms || a.seq - b.seq || a.shard - b.shard;
+}
+
+/** Caps every string and array of an event so no caller can make the trail store unbounded data. */
+function bounded(value: unknown, depth = 0): unknown {
+  if (typeof value === "string")
+    return value.length > MAX_FIELD_CHARS ? `${value.slice(0, MAX_FIELD_CHARS)}…[cut]` : value;
+  if (depth > 4) return "[too deep]";
+  if (Array.isArray(value)) return value.slice(0, MAX_ARRAY_ITEMS).map((item) => bounded(item, depth + 1));
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const [field, inner] of Object.entries(value).slice(0, MAX_ARRAY_ITEMS))
+      if (inner !== undefined) out[field] = bounded(inner, depth + 1);
+    return out;
+  }
+  return value;
+}
+
+/** The audit events a write carries, kept to log them once the write is applied. */
+const pendingLogs = new WeakMap<AtomicWrite, Omit<AuditEvent, "id">[]>();
+
 /**
- * The audit trail: an append-only Redis stream (plus per-task, per-agent and per-lease
- * streams that index it) and a JSON log line for each event.
+ * The audit trail. Each event is stored once, in its shard's Redis stream, written in the
+ * same Lua script as the state change it records; per-task and per-agent lists of event ids
+ * index it. Everything is trimmed by the retention period (stream `MINID`, list trimming and
+ * key TTLs). Each event also becomes one JSON log line.
  */
 export class AuditLog {
   constructor(
-    private readonly redis: Redis,
-    private readonly keys: RedisKeys,
-    private readonly logger: Logger,
-    private readonly clock: Clock,
+    private readonly deps: {
+      redis: Redis | Cluster;
+      keys: RedisKeys;
+      writer: AtomicWriter;
+      logger: Logger;
+      clock: Clock;
+      /** The task a lease belongs to, for lease-filtered queries. */
+      taskOfLease(leaseId: string): Promise<string | undefined>;
+    },
   ) {}
 
-  /** Records an event. Secret-looking fields are redacted before anything is written. */
+  /**
+   * Adds an event to `write`, in the write's shard: indexed under its task (when it names one)
+   * and its agent. Secret-looking fields are redacted and every field is bounded first.
+   */
+  add(write: AtomicWrite, input: AuditInput, options: { movedCountField?: string } = {}): void {
+    const body = redact(bounded({ at: new Date(this.deps.clock.now()).toISOString(), ...input })) as Omit<
+      AuditEvent,
+      "id"
+    >;
+    const shard = write.shard;
+    const indexKeys: string[] = [];
+    if (input.taskId) indexKeys.push(shard.auditOfTask(input.taskId));
+    if (input.agentId) indexKeys.push(shard.auditOfAgent(input.agentId));
+    write.event({ json: JSON.stringify(body), indexKeys, publish: LIVE_TYPES.has(input.type) }, options);
+    const logs = pendingLogs.get(write) ?? [];
+    logs.push(body);
+    pendingLogs.set(write, logs);
+  }
+
+  /** Applies a write and logs the events it wrote. */
+  async apply(write: AtomicWrite): Promise<AtomicResult> {
+    const result = await this.deps.writer.run(write);
+    this.logApplied(write, result);
+    return result;
+  }
+
+  /** Applies independent writes (pipelined) and logs the events of each that was applied. */
+  async applyAll(writes: readonly AtomicWrite[]): Promise<AtomicResult[]> {
+    const results = await this.deps.writer.runAll(writes);
+    writes.forEach((write, i) => {
+      this.logApplied(write, results[i] as AtomicResult);
+    });
+    return results;
+  }
+
+  /** Records an event on its own (a decision that changes no record). */
   async record(input: AuditInput): Promise<AuditEvent> {
-    const at = new Date(this.clock.now()).toISOString();
-    const body = redact({ at, ...input }) as Omit<AuditEvent, "id">;
-    const json = JSON.stringify(body);
-    const id = (await this.redis.xadd(this.keys.auditStream(), "*", "event", json)) as string;
-    const indexes: { kind: "task" | "agent" | "lease"; id: string }[] = [];
-    if (input.taskId) indexes.push({ kind: "task", id: input.taskId });
-    if (input.agentId) indexes.push({ kind: "agent", id: input.agentId });
-    if (input.leaseId) indexes.push({ kind: "lease", id: input.leaseId });
-    if (indexes.length > 0) {
-      const pipeline = this.redis.pipeline();
-      for (const index of indexes) pipeline.xadd(this.keys.auditStream(index), id, "event", json);
-      await pipeline.exec();
-    }
-    const event = { id, ...body } as AuditEvent;
-    this.logger.info("audit", { audit: event });
-    return event;
+    const write = new AtomicWrite(this.shardFor(input));
+    this.add(write, input);
+    const result = await this.apply(write);
+    const body = JSON.parse(write.eventJson(0) ?? "{}") as Omit<AuditEvent, "id">;
+    return { id: publicEventId(result.eventIds[0] ?? "0-0", write.shard.index), ...body } as AuditEvent;
   }
 
   /** Events oldest first, filtered by at most one entity (the most specific given). */
   async query(query: AuditQuery): Promise<AuditEvent[]> {
-    let index: { kind: "task" | "agent" | "lease"; id: string } | undefined;
-    if (query.leaseId) index = { kind: "lease", id: query.leaseId };
-    else if (query.taskId) index = { kind: "task", id: query.taskId };
-    else if (query.agentId) index = { kind: "agent", id: query.agentId };
-    const start = query.after ? `(${query.after}` : "-";
-    const entries = await this.redis.xrange(
-      this.keys.auditStream(index),
-      start,
-      "+",
-      "COUNT",
-      query.limit * 2,
-    );
-    const events = entries.map(([id, fields]) => ({ id, ...JSON.parse(fields[1] ?? "{}") }) as AuditEvent);
-    return events
-      .filter(
-        (event) =>
-          (!query.taskId || event.taskId === query.taskId) &&
-          (!query.agentId || event.agentId === query.agentId) &&
-          (!query.leaseId || event.leaseId === query.leaseId),
-      )
-      .slice(0, query.limit);
+    const { keys } = this.deps;
+    const after = query.after ? parseEventId(query.after, keys.shardCount) : undefined;
+    if (query.leaseId) {
+      const taskId = await this.deps.taskOfLease(query.leaseId);
+      if (!taskId) return [];
+      const events = await this.fromIndexes(
+        [keys.forId(taskId)],
+        (shard) => shard.auditOfTask(taskId),
+        after,
+      );
+      return events
+        .filter(
+          (event) => event.leaseId === query.leaseId && (!query.agentId || event.agentId === query.agentId),
+        )
+        .slice(0, query.limit);
+    }
+    if (query.taskId) {
+      const taskId = query.taskId;
+      const events = await this.fromIndexes(
+        [keys.forId(taskId)],
+        (shard) => shard.auditOfTask(taskId),
+        after,
+      );
+      return events
+        .filter((event) => !query.agentId || event.agentId === query.agentId)
+        .slice(0, query.limit);
+    }
+    if (query.agentId) {
+      const agentId = query.agentId;
+      return (await this.fromIndexes(keys.shards, (shard) => shard.auditOfAgent(agentId), after)).slice(
+        0,
+        query.limit,
+      );
+    }
+    return this.fromStreams(after, query.limit);
   }
+
+  /** Events named by index lists, oldest first, after the cursor. */
+  private async fromIndexes(
+    shards: readonly ShardKeys[],
+    indexOf: (shard: ShardKeys) => string,
+    after: EventPosition | undefined,
+  ): Promise<AuditEvent[]> {
+    const perShard = await Promise.all(
+      shards.map(async (shard) => {
+        const ids = (await this.deps.redis.lrange(indexOf(shard), 0, -1)).filter(
+          (id) => !after || compare(positionOf(id, shard.index), after) > 0,
+        );
+        if (ids.length === 0) return [];
+        const pipeline = this.deps.redis.pipeline();
+        for (const id of ids) pipeline.xrange(shard.audit, id, id);
+        const replies = (await pipeline.exec()) ?? [];
+        return replies.flatMap(([error, entries]) =>
+          error ? [] : toEvents(entries as [string, string[]][], shard.index),
+        );
+      }),
+    );
+    return perShard.flat().sort((a, b) => compare(positionOfEvent(a), positionOfEvent(b)));
+  }
+
+  /** The whole trail, oldest first: each shard's stream from the cursor, merged. */
+  private async fromStreams(after: EventPosition | undefined, limit: number): Promise<AuditEvent[]> {
+    const perShard = await Promise.all(
+      this.deps.keys.shards.map(async (shard) => {
+        let start = "-";
+        if (after)
+          start = shard.index <= after.shard ? `(${after.ms}-${after.seq}` : `${after.ms}-${after.seq}`;
+        return toEvents(await this.deps.redis.xrange(shard.audit, start, "+", "COUNT", limit), shard.index);
+      }),
+    );
+    return perShard
+      .flat()
+      .sort((a, b) => compare(positionOfEvent(a), positionOfEvent(b)))
+      .slice(0, limit);
+  }
+
+  /** Events with no task go to their agent's shard, or any shard. */
+  private shardFor(input: AuditInput): ShardKeys {
+    const { keys } = this.deps;
+    if (input.taskId) return keys.forId(input.taskId);
+    if (input.leaseId) return keys.forId(input.leaseId);
+    if (input.agentId) return keys.forAgent(input.agentId);
+    return keys.shard(randomInt(keys.shardCount));
+  }
+
+  private logApplied(write: AtomicWrite, result: AtomicResult): void {
+    const logs = pendingLogs.get(write);
+    if (!logs || !result.ok) return;
+    logs.forEach((body, i) => {
+      const streamId = result.eventIds[i];
+      const id = streamId ? publicEventId(streamId, write.shard.index) : undefined;
+      this.deps.logger.info("audit", { audit: { id, ...body } });
+    });
+  }
+}
+
+function toEvents(entries: [string, string[]][], shard: number): AuditEvent[] {
+  return entries.map(
+    ([streamId, fields]) =>
+      ({ id: publicEventId(streamId, shard), ...JSON.parse(fields[1] ?? "{}") }) as AuditEvent,
+  );
+}
+
+function positionOfEvent(event: AuditEvent): EventPosition {
+  const [ms, seq, shard] = event.id.split("-").map(Number);
+  return { ms: ms ?? 0, seq: seq ?? 0, shard: shard ?? 0 };
 }

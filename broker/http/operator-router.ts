@@ -1,7 +1,6 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
-import { actorOf } from "../identity/principal.ts";
 import type { Authenticator } from "./auth.ts";
 import { AuditListQuery, DevAgentTokenBody, IntrospectBody } from "./schemas.ts";
 import { validate } from "./validate.ts";
@@ -18,7 +17,7 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
         : error;
     });
     const { token } = validate(IntrospectBody, req.body);
-    res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, actorOf(caller)));
+    res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, caller));
   });
 
   router.get("/audit", async (req, res) => {

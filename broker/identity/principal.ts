@@ -17,6 +17,8 @@ export interface OperatorPrincipal {
 export interface IntrospectorPrincipal {
   readonly kind: "introspector";
   readonly id: string;
+  /** The resources whose credentials it may ask about; absent means all. */
+  readonly resources?: readonly string[];
 }
 
 export type Principal = AgentPrincipal | OperatorPrincipal | IntrospectorPrincipal;

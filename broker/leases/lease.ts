@@ -36,8 +36,14 @@ export interface Lease {
   revokeReason?: RevokeReason;
   revokeRequestedAt?: string;
   revokeRequestedBy?: string;
-  /** Counts revocation rounds, so a retry after `revoke_failed` gets a fresh job id. */
+  /** Counts revocation rounds: only the current round may settle the lease. */
   revokeRound?: number;
+  /** Failed attempts in the current round (retried with backoff until `revocation.attempts`). */
+  revokeAttempts?: number;
+  /** When a resource server first asked about the credential (introspection). */
+  firstUsedAt?: string;
+  /** When an inactive introspection answer about it was last audited (at most once a minute). */
+  inactiveAuditedAt?: string;
   revokedAt?: string;
   revokeFailedAt?: string;
   lastError?: string;

@@ -1,12 +1,15 @@
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { actorOf, type OperatorPrincipal } from "../identity/principal.ts";
 import { newId } from "../ids.ts";
 import type { RedisKeys } from "../redis.ts";
+import type { RecordStore } from "../store/record-store.ts";
+import { LIVE_TASK_STATUSES, type Task } from "../tasks/task.ts";
 import type { TaskService } from "../tasks/task-service.ts";
-import type { LeaseService } from "./lease-service.ts";
+import type { Lease } from "./lease.ts";
+import type { LeaseRevoker } from "./lease-revoker.ts";
 
 /** Which leases an operator's force revocation targets. Exactly one selector is set. */
 export interface RevocationSelector {
@@ -23,27 +26,33 @@ export interface Revocation {
   reason: string;
   requestedBy: string;
   requestedAt: string;
-  /** Leases moved to `revoking` by this request. */
+  /** Leases sent to revocation by this request. */
   matched: number;
   /** Tasks ended as `revoked` by this request. */
   tasksRevoked: number;
 }
 
+/** Lease ids read per batch when revoking by resource or everything. */
+const BATCH = 500;
+
 /**
  * Operator force revocation. Revoking by task, agent or `all` also ends the matching live
- * tasks (status `revoked`) so no new lease can be minted for them; by lease or resource it
- * revokes leases only.
+ * tasks (status `revoked`) so no new lease can be minted for them, and sends every lease they
+ * still hold — of closed tasks too — back through revocation; by lease or resource it revokes
+ * leases only.
  */
 export class RevocationService {
   constructor(
     private readonly deps: {
-      redis: Redis;
+      redis: Redis | Cluster;
       keys: RedisKeys;
-      leases: LeaseService;
       tasks: TaskService;
+      taskStore: RecordStore<Task>;
+      leaseStore: RecordStore<Lease>;
+      revoker: LeaseRevoker;
       audit: AuditLog;
       clock: Clock;
-      /** How long the revocation record is kept; the audit event stays for good. */
+      /** How long the revocation record is kept; the audit event stays for the audit retention. */
       retentionDays: number;
     },
   ) {}
@@ -53,61 +62,110 @@ export class RevocationService {
     reason: string,
     operator: OperatorPrincipal,
   ): Promise<Revocation> {
-    const { redis, keys } = this.deps;
     const set = Object.entries(selector).filter(([, value]) => value !== undefined && value !== false);
     if (set.length !== 1)
       throw new InvalidRequestError("set exactly one of leaseId, taskId, agentId, resource, all");
     const actor = actorOf(operator);
-    const id = newId("rev");
-    let tasksRevoked = 0;
-    let matched = 0;
-    for (const taskId of await this.deps.tasks.liveTaskIds(selector)) {
-      const closed = await this.deps.tasks.close(taskId, "revoked", actor);
-      if (closed) {
-        tasksRevoked += 1;
-        matched += closed.revoking;
-      }
-    }
-    let leaseIds: string[] = [];
-    if (selector.leaseId) leaseIds = [selector.leaseId];
-    else if (selector.taskId) leaseIds = await redis.smembers(keys.taskLeases(selector.taskId));
-    else if (selector.agentId) leaseIds = await redis.smembers(keys.agentLeases(selector.agentId));
-    else if (selector.resource) leaseIds = await redis.smembers(keys.resourceLeases(selector.resource));
-    else if (selector.all) {
-      leaseIds = [
-        ...(await redis.zrange(keys.liveLeases, 0, -1)),
-        ...(await redis.zrange(keys.failedLeases, 0, -1)),
-      ];
-    }
-    matched += (await this.deps.leases.requestRevoke(leaseIds, "operator", actor)).length;
+    const requestedAt = new Date(this.deps.clock.now()).toISOString();
+    const counts =
+      selector.leaseId || selector.resource
+        ? {
+            matched: await this.revokeLeases(selector, {
+              reason: "operator",
+              requestedAt,
+              requestedBy: actor,
+            }),
+            tasksRevoked: 0,
+          }
+        : await this.revokeTasks(selector, actor);
     const revocation: Revocation = {
-      id,
+      id: newId("rev"),
       selector,
       reason,
       requestedBy: operator.id,
-      requestedAt: new Date(this.deps.clock.now()).toISOString(),
-      matched,
-      tasksRevoked,
+      requestedAt,
+      ...counts,
     };
-    await redis.set(
-      keys.revocation(id),
+    await this.deps.redis.set(
+      this.deps.keys.revocation(revocation.id),
       JSON.stringify(revocation),
       "EX",
       Math.ceil(this.deps.retentionDays * 86_400),
     );
+    // Filed under the lease's task too, so the lease's trail shows who asked.
+    const leaseTask = selector.leaseId
+      ? (await this.deps.leaseStore.get(selector.leaseId))?.taskId
+      : undefined;
     await this.deps.audit.record({
       type: "revocation_requested",
       actor,
       leaseId: selector.leaseId,
-      taskId: selector.taskId,
+      taskId: selector.taskId ?? leaseTask,
       agentId: selector.agentId,
       resource: selector.resource,
       reason,
-      revocationId: id,
-      matched,
-      tasksRevoked,
+      revocationId: revocation.id,
+      matched: revocation.matched,
+      tasksRevoked: revocation.tasksRevoked,
       all: selector.all ?? false,
     });
     return revocation;
+  }
+
+  /** By lease id, or every lease of a resource that is not yet revoked. */
+  private async revokeLeases(
+    selector: RevocationSelector,
+    request: Parameters<LeaseRevoker["request"]>[1],
+  ): Promise<number> {
+    if (selector.leaseId) return (await this.deps.revoker.request([selector.leaseId], request)).length;
+    const resource = selector.resource as string;
+    let matched = 0;
+    for (const shard of this.deps.keys.shards) {
+      const ids = await this.deps.redis.zrange(shard.resourceLeases(resource), 0, -1);
+      for (let at = 0; at < ids.length; at += BATCH)
+        matched += (await this.deps.revoker.request(ids.slice(at, at + BATCH), request)).length;
+    }
+    return matched;
+  }
+
+  /** By task, agent or all: ends the live tasks and revokes whatever their leases still hold. */
+  private async revokeTasks(
+    selector: RevocationSelector,
+    actor: string,
+  ): Promise<{ matched: number; tasksRevoked: number }> {
+    const taskIds = selector.taskId ? [selector.taskId] : await this.deps.tasks.taskIds(selector);
+    let matched = 0;
+    let tasksRevoked = 0;
+    for (let at = 0; at < taskIds.length; at += BATCH) {
+      const tasks = await this.deps.taskStore.getMany(taskIds.slice(at, at + BATCH));
+      for (const task of tasks) {
+        const closed = LIVE_TASK_STATUSES.includes(task.status)
+          ? await this.deps.tasks.close(task.id, "revoked", actor)
+          : undefined;
+        if (closed) {
+          tasksRevoked += 1;
+          matched += closed.revoking;
+        } else {
+          matched += await this.deps.tasks.revokeRemainingLeases(task.id);
+        }
+      }
+    }
+    if (selector.all) {
+      // Read after closing: what is still live or failed now belongs to tasks that ended before.
+      const request = {
+        reason: "operator" as const,
+        requestedAt: new Date(this.deps.clock.now()).toISOString(),
+        requestedBy: actor,
+      };
+      for (const shard of this.deps.keys.shards) {
+        const ids = [
+          ...(await this.deps.redis.zrange(shard.liveLeases, 0, -1)),
+          ...(await this.deps.redis.zrange(shard.failedLeases, 0, -1)),
+        ];
+        for (let at = 0; at < ids.length; at += BATCH)
+          matched += (await this.deps.revoker.request(ids.slice(at, at + BATCH), request)).length;
+      }
+    }
+    return { matched, tasksRevoked };
   }
 }

@@ -15,7 +15,7 @@ export class PrincipalTokens {
 
   constructor(config: {
     operators: { name: string; tokenSha256: string }[];
-    introspectors: { name: string; tokenSha256: string }[];
+    introspectors: { name: string; tokenSha256: string; resources?: string[] }[];
   }) {
     this.#entries = [
       ...config.operators.map((op) => ({
@@ -23,7 +23,11 @@ export class PrincipalTokens {
         hash: Buffer.from(op.tokenSha256, "hex"),
       })),
       ...config.introspectors.map((rs) => ({
-        principal: { kind: "introspector", id: rs.name } as const,
+        principal: {
+          kind: "introspector",
+          id: rs.name,
+          ...(rs.resources ? { resources: rs.resources } : {}),
+        } as const,
         hash: Buffer.from(rs.tokenSha256, "hex"),
       })),
     ];

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import type { RevocationQueue } from "../../jobs/queues.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
@@ -11,23 +11,23 @@ import {
   type Principal,
 } from "../identity/principal.ts";
 import { DEFAULT_TENANT, newId } from "../ids.ts";
-import type { LeaseService } from "../leases/lease-service.ts";
 import type { Metrics } from "../metrics.ts";
 import type { PolicyEngine } from "../policy/policy-engine.ts";
-import type { RecordStore, RedisKeys } from "../redis.ts";
+import type { RedisKeys, ShardKeys } from "../redis.ts";
+import { AtomicWrite } from "../store/atomic-write.ts";
+import type { RecordStore } from "../store/record-store.ts";
 import { LIVE_TASK_STATUSES, type Task, type TaskStatus } from "./task.ts";
 
 export interface TaskServiceDeps {
-  redis: Redis;
+  redis: Redis | Cluster;
   keys: RedisKeys;
   tasks: RecordStore<Task>;
-  leasesService: LeaseService;
   policy: PolicyEngine;
   queue: RevocationQueue;
   audit: AuditLog;
   metrics: Metrics;
   clock: Clock;
-  config: Pick<Config, "tasks" | "retention">;
+  config: Pick<Config, "tasks" | "retention"> & { revocation: Pick<Config["revocation"], "staleSeconds"> };
 }
 
 export interface NewTask {
@@ -37,12 +37,13 @@ export interface NewTask {
   ttlSeconds?: number;
 }
 
-/** How a task ended, and the lease revoke reason that goes with it. */
+/** How a task ended: its audit event type. */
 const CLOSINGS = {
-  completed: { audit: "task_completed", leaseReason: "task_completed" },
-  expired: { audit: "task_expired", leaseReason: "expired" },
-  revoked: { audit: "task_revoked", leaseReason: "operator" },
+  completed: "task_completed",
+  expired: "task_expired",
+  revoked: "task_revoked",
 } as const;
+export type TaskClosing = keyof typeof CLOSINGS;
 
 /** Tasks: declared goals that an operator or a policy rule approves, and that end. */
 export class TaskService {
@@ -50,7 +51,7 @@ export class TaskService {
 
   /** Creates a task; `approved` at once when every rule involved allows auto-approval. */
   async create(agent: AgentPrincipal, request: NewTask): Promise<Task> {
-    const { clock, policy, audit, config } = this.deps;
+    const { clock, policy, audit, config, keys } = this.deps;
     const ttlSeconds = request.ttlSeconds ?? config.tasks.defaultTtlSeconds;
     let decision: ReturnType<PolicyEngine["evaluateTask"]>;
     try {
@@ -76,6 +77,7 @@ export class TaskService {
       throw error;
     }
     const now = clock.now();
+    const at = new Date(now).toISOString();
     const task: Task = {
       id: newId("tsk"),
       tenant: DEFAULT_TENANT,
@@ -87,23 +89,21 @@ export class TaskService {
       ),
       dataClassification: decision.dataClassification,
       status: decision.autoApprove ? "approved" : "pending",
-      createdAt: new Date(now).toISOString(),
+      createdAt: at,
       expiresAt: new Date(now + ttlSeconds * 1000).toISOString(),
-      ...(decision.autoApprove
-        ? { approvedAt: new Date(now).toISOString(), approvedBy: decision.approvedBy }
-        : {}),
+      ...(decision.autoApprove ? { approvedAt: at, approvedBy: decision.approvedBy } : {}),
     };
-    const { redis, keys } = this.deps;
-    const multi = this.deps.tasks
-      .createIn(redis.multi(), task)
-      .zadd(keys.allTasks, now, task.id)
-      .zadd(keys.liveTasks, Date.parse(task.expiresAt), task.id)
-      .sadd(keys.agentTasks(agent.id), task.id);
-    if (task.status === "pending") multi.zadd(keys.pendingTasks, now, task.id);
-    const results = await multi.exec();
-    if (results?.[0]?.[1] !== "OK") throw new Error(`task ${task.id} could not be written`);
-    await this.deps.queue.scheduleTaskExpiry(task.id, new Date(task.expiresAt), now);
-    await audit.record({
+    const shard = keys.forId(task.id);
+    const retentionMs = this.retentionSeconds * 1000;
+    const write = new AtomicWrite(shard)
+      .create(shard.task(task.id), task)
+      .zadd(shard.allTasks, now, task.id)
+      .zadd(shard.liveTasks, Date.parse(task.expiresAt), task.id)
+      .zadd(shard.agentTasks(agent.id), now, task.id)
+      .trimBelow(shard.agentTasks(agent.id), now - retentionMs)
+      .expire(shard.agentTasks(agent.id), this.retentionSeconds + ttlSeconds);
+    if (task.status === "pending") write.zadd(shard.pendingTasks, now, task.id);
+    audit.add(write, {
       type: "task_created",
       actor: actorOf(agent),
       agentId: agent.id,
@@ -116,7 +116,7 @@ export class TaskService {
       agentOwner: agent.owner,
     });
     if (decision.autoApprove) {
-      await audit.record({
+      audit.add(write, {
         type: "task_approved",
         actor: decision.approvedBy ?? "policy",
         agentId: agent.id,
@@ -125,6 +125,7 @@ export class TaskService {
         reason: "auto-approved by policy",
       });
     }
+    if (!(await audit.apply(write)).ok) throw new Error(`task ${task.id} could not be written`);
     return task;
   }
 
@@ -147,16 +148,19 @@ export class TaskService {
     throw new ForbiddenError("only the owning agent or an operator may see this task");
   }
 
-  /** Tasks newest first; `pending` comes from its own index. */
+  /** Tasks newest first; `pending` and an agent's come from their own indexes. */
   async list(filter: { status?: TaskStatus; agentId?: string; limit: number }): Promise<Task[]> {
     const { redis, keys } = this.deps;
-    const ids = filter.agentId
-      ? await redis.smembers(keys.agentTasks(filter.agentId))
-      : await redis.zrevrange(
-          filter.status === "pending" ? keys.pendingTasks : keys.allTasks,
-          0,
-          filter.limit * 10 - 1,
-        );
+    const window = filter.status && filter.status !== "pending" ? filter.limit * 10 : filter.limit;
+    const indexOf = (shard: ShardKeys) =>
+      filter.agentId
+        ? shard.agentTasks(filter.agentId)
+        : filter.status === "pending"
+          ? shard.pendingTasks
+          : shard.allTasks;
+    const ids = (
+      await Promise.all(keys.shards.map((shard) => redis.zrevrange(indexOf(shard), 0, window - 1)))
+    ).flat();
     const tasks = await this.deps.tasks.getMany(ids);
     return tasks
       .filter(
@@ -168,28 +172,23 @@ export class TaskService {
       .slice(0, filter.limit);
   }
 
-  /** Approves or denies a pending task. */
+  /** Approves or denies a pending, unexpired task. */
   async decide(taskId: string, operator: OperatorPrincipal, approve: boolean, note?: string): Promise<Task> {
     const task = await this.get(taskId, operator);
     const now = this.deps.clock.now();
-    if (task.status !== "pending") throw new TaskClosedError(taskId, task.status);
-    if (Date.parse(task.expiresAt) <= now) {
-      await this.close(taskId, "expired", "system");
-      throw new TaskClosedError(taskId, "expired");
-    }
     const at = new Date(now).toISOString();
-    const patch: Partial<Task> = approve
-      ? { status: "approved", approvedAt: at, approvedBy: operator.id }
-      : { status: "denied", deniedAt: at, deniedBy: operator.id, closedAt: at };
-    if (note) patch.note = note;
-    const result = await this.deps.tasks.transition(taskId, ["pending"], patch);
-    if (!result.changed || !result.record)
-      throw new TaskClosedError(taskId, result.record?.status ?? "missing");
-    const pipeline = this.deps.redis.pipeline().zrem(this.deps.keys.pendingTasks, taskId);
-    if (!approve) pipeline.zrem(this.deps.keys.liveTasks, taskId);
-    await pipeline.exec();
-    if (!approve) await this.keepForRetention(taskId);
-    await this.deps.audit.record({
+    const shard = this.deps.keys.forId(taskId);
+    const write = new AtomicWrite(shard)
+      .guard(shard.task(taskId), ["pending"], { laterThan: { expiresAt: at } })
+      .patch(
+        approve
+          ? { status: "approved", approvedAt: at, approvedBy: operator.id, note }
+          : { status: "denied", deniedAt: at, deniedBy: operator.id, closedAt: at, note },
+        approve ? {} : { expiry: { seconds: this.retentionSeconds } },
+      )
+      .zrem(shard.pendingTasks, taskId);
+    if (!approve) write.zrem(shard.liveTasks, taskId);
+    this.deps.audit.add(write, {
       type: approve ? "task_approved" : "task_denied",
       actor: actorOf(operator),
       agentId: task.agentId,
@@ -197,7 +196,14 @@ export class TaskService {
       decision: approve ? "allow" : "deny",
       reason: note,
     });
-    return result.record;
+    const result = await this.deps.audit.apply(write);
+    if (result.ok) return JSON.parse(result.record ?? "{}") as Task;
+    const current = result.record ? (JSON.parse(result.record) as Task) : undefined;
+    if (current?.status === "pending") {
+      await this.close(taskId, "expired", "system");
+      throw new TaskClosedError(taskId, "expired");
+    }
+    throw new TaskClosedError(taskId, current?.status ?? "missing");
   }
 
   /** Completes a task (owner or operator); every lease it holds is revoked. */
@@ -213,70 +219,89 @@ export class TaskService {
   }
 
   /**
-   * Ends a live task as completed, expired or revoked and fans revocation out to its leases.
-   * Returns undefined when the task was not live (someone else ended it first).
+   * Ends a live task as completed, expired or revoked. In the same write its live leases move
+   * to the revoking index — introspection answers `active: false` for all of them at once,
+   * since it checks the task — and then jobs revoke them. Returns undefined when the task was
+   * not live (someone else ended it first).
    */
   async close(
     taskId: string,
-    status: keyof typeof CLOSINGS,
+    status: TaskClosing,
     actor: string,
   ): Promise<{ task: Task; revoking: number } | undefined> {
-    const { redis, keys } = this.deps;
-    const at = new Date(this.deps.clock.now()).toISOString();
-    const result = await this.deps.tasks.transition(taskId, LIVE_TASK_STATUSES, {
-      status,
-      closedAt: at,
-      closedBy: actor,
-    });
-    if (!result.changed || !result.record) return undefined;
-    const task = result.record;
-    await redis.pipeline().zrem(keys.pendingTasks, taskId).zrem(keys.liveTasks, taskId).exec();
-    await this.keepForRetention(taskId);
-    // Read the lease set only after the task is closed: a mint racing with us either wrote its
-    // lease before this read (and is revoked here) or sees the task closed and revokes itself.
-    const leaseIds = await redis.smembers(keys.taskLeases(taskId));
-    const closing = CLOSINGS[status];
-    // Revoke lag for an expired task counts from when it was due, not from when it was noticed.
-    const dueAt = status === "expired" ? new Date(task.expiresAt) : undefined;
-    const moved = await this.deps.leasesService.requestRevoke(leaseIds, closing.leaseReason, actor, dueAt);
-    await this.deps.audit.record({
-      type: closing.audit,
-      actor,
-      agentId: task.agentId,
-      taskId,
-      reason: status,
-      revoking: moved.length,
-    });
-    return { task, revoking: moved.length };
-  }
-
-  /** A closed task's record stays readable for the retention period; its audit events stay for good. */
-  private async keepForRetention(taskId: string): Promise<void> {
-    await this.deps.tasks.expireAfter(taskId, this.deps.config.retention.leaseRecordDays * 86_400);
-  }
-
-  /** Ends a task whose time is up; called by its expiry job and the reconciler. */
-  async expireIfDue(taskId: string): Promise<boolean> {
+    const now = this.deps.clock.now();
+    const at = new Date(now).toISOString();
+    const shard = this.deps.keys.forId(taskId);
+    const write = new AtomicWrite(shard)
+      .guard(shard.task(taskId), LIVE_TASK_STATUSES)
+      .patch({ status, closedAt: at, closedBy: actor }, { expiry: { seconds: this.retentionSeconds } })
+      .zrem(shard.pendingTasks, taskId)
+      .zrem(shard.liveTasks, taskId)
+      .expire(shard.taskLeases(taskId), this.retentionSeconds)
+      .moveMembers(
+        shard.taskLeases(taskId),
+        [shard.liveLeases, shard.failedLeases],
+        shard.revokingLeases,
+        now + this.deps.config.revocation.staleSeconds * 1000,
+      );
     const task = await this.deps.tasks.get(taskId);
-    if (!task) {
-      await this.deps.redis.zrem(this.deps.keys.liveTasks, taskId);
+    this.deps.audit.add(
+      write,
+      { type: CLOSINGS[status], actor, agentId: task?.agentId, taskId, reason: status },
+      { movedCountField: "revoking" },
+    );
+    const result = await this.deps.audit.apply(write);
+    if (!result.ok) return undefined;
+    await this.deps.queue.settleLeases(result.moved);
+    return { task: JSON.parse(result.record ?? "{}") as Task, revoking: result.moved.length };
+  }
+
+  /**
+   * Sends a closed task's leases that are still live or failed back through revocation (an
+   * operator's force revocation of an agent whose earlier task left a revoke_failed lease).
+   */
+  async revokeRemainingLeases(taskId: string): Promise<number> {
+    const shard = this.deps.keys.forId(taskId);
+    const now = this.deps.clock.now();
+    const write = new AtomicWrite(shard).moveMembers(
+      shard.taskLeases(taskId),
+      [shard.liveLeases, shard.failedLeases],
+      shard.revokingLeases,
+      now + this.deps.config.revocation.staleSeconds * 1000,
+    );
+    const result = await this.deps.audit.apply(write);
+    await this.deps.queue.settleLeases(result.moved);
+    return result.moved.length;
+  }
+
+  /** Ends a task whose time is up; called by the task expiry job. */
+  async expireIfDue(taskId: string): Promise<boolean> {
+    const shard = this.deps.keys.forId(taskId);
+    const task = await this.deps.tasks.get(taskId);
+    if (!task || !LIVE_TASK_STATUSES.includes(task.status)) {
+      await this.deps.redis.zrem(shard.liveTasks, taskId);
       return false;
     }
-    if (!LIVE_TASK_STATUSES.includes(task.status) || Date.parse(task.expiresAt) > this.deps.clock.now())
+    if (Date.parse(task.expiresAt) > this.deps.clock.now()) {
+      await this.deps.redis.zadd(shard.liveTasks, Date.parse(task.expiresAt), taskId);
       return false;
+    }
     return (await this.close(taskId, "expired", "system")) !== undefined;
   }
 
-  /** Live task ids matching an operator's revocation selector. */
-  async liveTaskIds(selector: { taskId?: string; agentId?: string; all?: boolean }): Promise<string[]> {
+  /** Tasks of an agent (live or not, within retention), or every live task. */
+  async taskIds(selector: { agentId?: string; all?: boolean }): Promise<string[]> {
     const { redis, keys } = this.deps;
-    if (selector.taskId) return [selector.taskId];
-    const ids = selector.agentId
-      ? await redis.smembers(keys.agentTasks(selector.agentId))
-      : selector.all
-        ? await redis.zrange(keys.liveTasks, 0, -1)
-        : [];
-    const tasks = await this.deps.tasks.getMany(ids);
-    return tasks.filter((task) => LIVE_TASK_STATUSES.includes(task.status)).map((task) => task.id);
+    if (!selector.agentId && !selector.all) return [];
+    const lists = await Promise.all(
+      keys.shards.map((shard) =>
+        redis.zrange(selector.agentId ? shard.agentTasks(selector.agentId) : shard.liveTasks, 0, -1),
+      ),
+    );
+    return lists.flat();
+  }
+
+  private get retentionSeconds(): number {
+    return this.deps.config.retention.leaseRecordDays * 86_400;
   }
 }

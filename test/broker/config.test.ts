@@ -100,7 +100,7 @@ describe("parseConfig", () => {
   it("accepts the API.md example and fills in defaults", () => {
     const config = parseConfig(parseYaml(EXAMPLE_YAML));
     expect(config.http).to.include({ port: 8080, host: "127.0.0.1" });
-    expect(config.redis).to.deep.equal({ url: "redis://127.0.0.1:6379/0", prefix: "jitkey" });
+    expect(config.redis).to.deep.equal({ url: "redis://127.0.0.1:6379/0", prefix: "jitkey", shards: 16 });
     expect(config.identity.issuers[0]).to.include({ name: "ci", agentIdClaim: "sub" });
     expect(config.operators).to.deep.equal([{ name: "alice", tokenSha256: ALICE }]);
     expect(config.introspectors[0]?.name).to.equal("reports-api");

@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import type { ManualClock } from "../../broker/clock.ts";
 import { DEFAULT_TENANT } from "../../broker/ids.ts";
 import type { Lease } from "../../broker/leases/lease.ts";
 import type { TestBroker } from "./broker.ts";
@@ -75,9 +76,12 @@ export async function leaseReaches(
   leaseId: string,
   status: Lease["status"],
   timeoutMs = 8000,
+  /** A manual broker clock to move on while waiting: retries are scheduled on it. */
+  clock?: ManualClock,
 ): Promise<Lease> {
   const settled = SETTLED_EVENT[status];
   return eventually(async () => {
+    clock?.advance(100);
     const lease = await t.broker.leaseStore.get(leaseId);
     if (lease?.status !== status) return undefined;
     if (settled && !(await t.broker.audit.query({ leaseId, limit: 1000 })).some((e) => e.type === settled))
@@ -115,15 +119,15 @@ export async function metricValue(t: TestBroker, metric: string, sample: string)
 
 /**
  * Writes what a broker that crashed mid-mint leaves behind: an `issuing` lease record with its
- * indexes (no expiry job), and, when `artifact` is set, what the adapter had already created.
+ * indexes, and, when `artifact` is set, what the adapter had already created.
  */
 export async function writeStrandedLease(
   t: TestBroker,
   lease: { id: string; taskId: string; agentId: string; issuedAt: number; expiresAt: number },
   options: { artifact?: boolean } = {},
 ): Promise<void> {
-  const { keys } = t.broker;
-  const created = await t.broker.leaseStore.create({
+  const shard = t.broker.keys.forId(lease.id);
+  const record: Lease = {
     id: lease.id,
     tenant: DEFAULT_TENANT,
     taskId: lease.taskId,
@@ -136,15 +140,28 @@ export async function writeStrandedLease(
     status: "issuing",
     revocable: true,
     revocation: "backend",
-  });
-  expect(created).to.equal(true);
-  await t.redis
+  };
+  const staleMs = t.config.revocation.staleSeconds * 1000;
+  const results = await t.redis
     .multi()
-    .sadd(keys.taskLeases(lease.taskId), lease.id)
-    .sadd(keys.agentLeases(lease.agentId), lease.id)
-    .sadd(keys.resourceLeases("records"), lease.id)
-    .zadd(keys.allLeases, lease.issuedAt, lease.id)
-    .zadd(keys.liveLeases, lease.expiresAt, lease.id)
+    .set(shard.lease(lease.id), JSON.stringify(record), "NX")
+    .zadd(shard.taskLeases(lease.taskId), lease.issuedAt, lease.id)
+    .zadd(shard.resourceLeases("records"), lease.issuedAt, lease.id)
+    .zadd(shard.allLeases, lease.issuedAt, lease.id)
+    .zadd(shard.liveLeases, Math.min(lease.expiresAt, lease.issuedAt + staleMs), lease.id)
     .exec();
+  expect(results?.[0]?.[1]).to.equal("OK");
   if (options.artifact) await t.redis.set(t.recording.artifactKey(lease.id), JSON.stringify({ secret: "x" }));
+}
+
+/** How many leases the due indexes still hold (live, revoking or failed), over every shard. */
+export async function leasesInDueIndexes(t: TestBroker): Promise<number> {
+  const counts = await Promise.all(
+    t.broker.keys.shards.flatMap((shard) => [
+      t.redis.zcard(shard.liveLeases),
+      t.redis.zcard(shard.revokingLeases),
+      t.redis.zcard(shard.failedLeases),
+    ]),
+  );
+  return counts.reduce((sum, n) => sum + n, 0);
 }

@@ -77,13 +77,15 @@ describe("crash recovery with real processes", function () {
     clock.advance(
       Math.max(lastIssued, clock.now()) - clock.now() + (t.config.revocation.staleSeconds + 1) * 1000,
     );
-    expect((await t.broker.reconciler.run()).staleIssuing).to.equal(2);
+    expect((await t.broker.sweeper.sweepOnce()).leases).to.equal(2);
     await t.broker.startWorkers({ lockDurationMs: 1000, stalledIntervalMs: 500 });
     for (const leaseId of leaseIds) {
       const revoked = await leaseReaches(t, leaseId, "revoked", 10_000);
       expect(revoked.revokeReason).to.equal("issue_failed");
     }
     expect(await t.recording.liveArtifacts()).to.deep.equal([]);
-    expect(await t.redis.zcard(t.broker.keys.liveLeases)).to.equal(0);
+    const shard = t.broker.keys.forId(taskId);
+    for (const index of [shard.liveLeases, shard.revokingLeases, shard.failedLeases])
+      expect(await t.redis.zcard(index), index).to.equal(0);
   });
 });

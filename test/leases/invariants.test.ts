@@ -9,6 +9,7 @@ import {
   createTask,
   eventOf,
   leaseReaches,
+  leasesInDueIndexes,
   metricValue,
   mintLease,
   operatorHeaders,
@@ -170,30 +171,33 @@ describe("invariant: the lease and its revoke job exist before the adapter issue
     await t.close();
   });
 
-  it("writes the lease as issuing, indexes it and schedules its delayed expiry job before issue", async () => {
+  it("writes the lease as issuing and puts it in the due index before issue, scheduling no job per lease", async () => {
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent);
-    let seen: { lease?: Lease; jobState?: string; jobData?: unknown; live?: string | null } | undefined;
+    let seen: { lease?: Lease; dueAt?: string | null; jobs?: number } | undefined;
     t.recording.onIssue = async (request) => {
-      const job = await t.broker.queue.queue.getJob(`lease-expiry-${request.leaseId}`);
       seen = {
         lease: await t.broker.leaseStore.get(request.leaseId),
-        jobState: await job?.getState(),
-        jobData: job?.data,
-        live: await t.redis.zscore(t.broker.keys.liveLeases, request.leaseId),
+        dueAt: await t.redis.zscore(t.broker.keys.forId(request.leaseId).liveLeases, request.leaseId),
+        jobs: (await t.broker.queue.queue.getDelayed()).filter((job) => job.name !== "reconcile").length,
       };
     };
     try {
       const { lease, credential } = await mintLease(t, agent, taskId, { ttlSeconds: 120 });
       expect(seen?.lease?.id).to.equal(lease.id);
       expect(seen?.lease?.status).to.equal("issuing");
-      expect(seen?.jobState).to.equal("delayed");
-      expect(seen?.jobData).to.deep.equal({ leaseId: lease.id, expiry: true });
-      expect(Number(seen?.live)).to.equal(Date.parse(lease.expiresAt));
+      // While issuing, it is due when the mint would be stale: a crash from here on is found then.
+      const staleAt = Date.parse(lease.issuedAt) + t.config.revocation.staleSeconds * 1000;
+      expect(Number(seen?.dueAt)).to.equal(Math.min(staleAt, Date.parse(lease.expiresAt)));
+      expect(seen?.jobs).to.equal(0);
+      // Once active, it is due at its expiry.
+      const shard = t.broker.keys.forId(lease.id);
+      expect(Number(await t.redis.zscore(shard.liveLeases, lease.id))).to.equal(Date.parse(lease.expiresAt));
       // What the adapter created carries the lease id.
       expect(await t.recording.liveArtifacts()).to.include(lease.id);
       expect(credential.username).to.equal(`u-${lease.id}`);
       expect((await t.broker.leaseStore.get(lease.id))?.handle).to.equal(`artifact/${lease.id}`);
+      expect(await t.redis.hget(shard.handles("records"), `artifact/${lease.id}`)).to.equal(lease.id);
     } finally {
       t.recording.onIssue = undefined;
     }
@@ -249,7 +253,8 @@ describe("invariant: revocation is idempotent and retried; failures are marked, 
     const { lease } = await mintLease(t, agent, taskId);
     t.recording.revokeFailures = 2;
     await t.http.delete(`/v1/leases/${lease.id}`).set(agent.headers).expect(202);
-    const revoked = await leaseReaches(t, lease.id, "revoked");
+    // Retries are scheduled on the broker's clock, with backoff: it moves on while we wait.
+    const revoked = await leaseReaches(t, lease.id, "revoked", 8000, clock);
     expect(revoked.revokeReason).to.equal("released");
     expect(t.recording.revokeCalls).to.equal(3);
     expect(await t.recording.liveArtifacts()).to.not.include(lease.id);
@@ -293,7 +298,8 @@ describe("invariant: revocation is idempotent and retried; failures are marked, 
     const { lease } = await mintLease(t, agent, taskId);
     t.recording.revokeFailures = 10;
     await t.http.post(`/v1/tasks/${taskId}/complete`).set(agent.headers).expect(200);
-    const failed = await leaseReaches(t, lease.id, "revoke_failed");
+    // Retries are scheduled on the broker's clock: it moves on past each backoff while we wait.
+    const failed = await leaseReaches(t, lease.id, "revoke_failed", 8000, clock);
     expect(t.recording.revokeCalls).to.equal(3);
     expect(failed.lastError).to.be.a("string");
     expect(await t.recording.liveArtifacts()).to.include(lease.id);
@@ -312,7 +318,7 @@ describe("invariant: revocation is idempotent and retried; failures are marked, 
     expect(listed.body.leases.map((l: Lease) => l.id)).to.deep.equal([lease.id]);
   });
 
-  it("does not retry a permanent failure, and the reconciler revokes it once the adapter heals", async () => {
+  it("does not retry a permanent failure, and revokes it once the adapter heals", async () => {
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent);
     const { lease } = await mintLease(t, agent, taskId);
@@ -322,11 +328,10 @@ describe("invariant: revocation is idempotent and retried; failures are marked, 
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(t.recording.revokeCalls).to.equal(1);
 
-    // Too early for a retry: the reconciler leaves it alone.
-    expect((await t.broker.reconciler.run()).retriedFailed).to.equal(0);
+    // Too early for a retry: it stays failed.
+    expect((await t.broker.sweeper.sweepOnce()).leases).to.equal(0);
     t.recording.revokePermanent = false;
     clock.advance((t.config.revocation.retryFailedAfterSeconds + 1) * 1000);
-    expect((await t.broker.reconciler.run()).retriedFailed).to.equal(1);
     const revoked = await leaseReaches(t, lease.id, "revoked");
     expect(revoked.revokeReason).to.equal("operator");
     // The retry is the operator's revocation still: the record and the audit keep who asked.
@@ -387,7 +392,7 @@ describe("invariant: secrets never reach Redis, logs, audit or errors", () => {
     await t.http.post(`/v1/tasks/${jwtTask}/complete`).set(auto.headers).expect(200);
 
     await eventually(async () => (await t.recording.liveArtifacts()).length === 0, 8000);
-    await eventually(async () => (await t.redis.zcard(t.broker.keys.liveLeases)) === 0, 8000);
+    await eventually(async () => (await leasesInDueIndexes(t)) === 0, 8000);
 
     const secrets = [...t.recording.secrets, signature];
     expect(t.recording.secrets).to.have.length(4);

@@ -1,0 +1,247 @@
+import type { RedisKeys, ShardKeys } from "../redis.ts";
+import { AtomicWrite } from "../store/atomic-write.ts";
+import type { Lease, LeaseStatus, RevokeReason } from "./lease.ts";
+
+/**
+ * The lease state machine, in one place: which status may move to which, and the index
+ * writes that go with each move. Every function returns an {@link AtomicWrite} (guarded on the
+ * lease's current status) for the caller to add audit events to and apply.
+ *
+ * ```
+ * issuing ──activate──▶ active
+ *    │                    │
+ *    └──────┬─────────────┘
+ *           ▼ startRevocation                         settle
+ *       revoking ──(attempt fails: retryLater)──▶ revoking ──────▶ revoked
+ *           │                                                        ▲
+ *           └──markFailed──▶ revoke_failed ──startRevocation (new round)┘
+ * ```
+ * Leases whose adapter keeps nothing to delete (broker-signed tokens) may go straight from
+ * any live status to `revoked` (`settleDirect`).
+ *
+ * Indexes: `live` holds issuing/active leases by when to look next (expiry, or a mint gone
+ * stale), `revoking` holds leases under revocation by when to look again, `failed` holds
+ * revoke_failed leases by their next retry. A lease is in exactly one of them until revoked.
+ */
+export class LeaseStates {
+  constructor(
+    private readonly keys: RedisKeys,
+    private readonly timing: {
+      /** How long an issuing or revoking lease may stall before someone looks again. */
+      staleMs: number;
+      /** How long a revoked lease record is kept. */
+      retentionSeconds: number;
+    },
+  ) {}
+
+  shardOf(leaseId: string): ShardKeys {
+    return this.keys.forId(leaseId);
+  }
+
+  /**
+   * Writes a new `issuing` lease with its indexes, only while its task is approved, unexpired
+   * and the agent's: so a mint racing with a completion either lands before it (and is
+   * revoked by it) or is refused.
+   */
+  issue(lease: Lease, nowIso: string): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    const issuedMs = Date.parse(lease.issuedAt);
+    const lookAt = Math.min(Date.parse(lease.expiresAt), issuedMs + this.timing.staleMs);
+    return new AtomicWrite(shard)
+      .guard(shard.task(lease.taskId), ["approved"], {
+        equals: { agentId: lease.agentId },
+        laterThan: { expiresAt: nowIso },
+      })
+      .create(shard.lease(lease.id), lease)
+      .zadd(shard.liveLeases, lookAt, lease.id)
+      .zadd(shard.taskLeases(lease.taskId), issuedMs, lease.id)
+      .zadd(shard.resourceLeases(lease.resource), issuedMs, lease.id)
+      .zadd(shard.allLeases, issuedMs, lease.id);
+  }
+
+  /** issuing → active, only while the task is still approved and unexpired. */
+  activate(
+    lease: Lease,
+    issued: { expiresAt: string; handle?: string; references?: Record<string, string> },
+    nowIso: string,
+  ): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    const write = new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), ["issuing"])
+      .guard(shard.task(lease.taskId), ["approved"], { laterThan: { expiresAt: nowIso } })
+      .patch({ status: "active", ...issued })
+      .zadd(shard.liveLeases, Date.parse(issued.expiresAt), lease.id);
+    if (issued.handle) write.hset(shard.handles(lease.resource), issued.handle, lease.id);
+    return write;
+  }
+
+  /** A lease looked at before it is due goes back to the live index at the right time. */
+  reschedule(lease: Lease, lookAtMs: number): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), ["issuing", "active"])
+      .zrem(shard.revokingLeases, lease.id)
+      .zadd(shard.liveLeases, lookAtMs, lease.id);
+  }
+
+  /**
+   * Starts a revocation round: `from` → revoking. A retry after revoke_failed keeps who
+   * asked, when and why. `lookAgainAtMs` is when to look again if nobody settles it.
+   */
+  startRevocation(
+    lease: Lease,
+    request: { reason: RevokeReason; requestedAt: string; requestedBy: string },
+    lookAgainAtMs: number,
+  ): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    const retry = lease.status === "revoke_failed";
+    return this.guarded(lease, [lease.status])
+      .patch({
+        status: "revoking",
+        revokeReason: retry ? (lease.revokeReason ?? request.reason) : request.reason,
+        revokeRequestedAt: retry ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
+        revokeRequestedBy: retry ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
+        revokeRound: (lease.revokeRound ?? 0) + 1,
+        revokeAttempts: 0,
+      })
+      .zrem(shard.liveLeases, lease.id)
+      .zrem(shard.failedLeases, lease.id)
+      .zadd(shard.revokingLeases, lookAgainAtMs, lease.id);
+  }
+
+  /** A failed attempt of the current round: try again at `retryAtMs`. */
+  retryLater(lease: Lease, attempts: number, retryAtMs: number): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return this.guarded(lease, ["revoking"], true)
+      .patch({ revokeAttempts: attempts })
+      .zadd(shard.revokingLeases, retryAtMs, lease.id);
+  }
+
+  /** The current round gave up: revoke_failed, retried from `retryAtMs`. */
+  markFailed(lease: Lease, failure: { at: string; error: string }, retryAtMs: number): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return this.guarded(lease, ["revoking"], true)
+      .patch({ status: "revoke_failed", revokeFailedAt: failure.at, lastError: failure.error })
+      .zrem(shard.revokingLeases, lease.id)
+      .zadd(shard.failedLeases, retryAtMs, lease.id);
+  }
+
+  /** The adapter confirmed the revocation of the current round: revoked, kept for retention. */
+  settle(lease: Lease, revokedAt: string): AtomicWrite {
+    return this.finish(
+      this.guarded(lease, ["revoking"], true).patch(
+        { status: "revoked", revokedAt },
+        { expiry: { seconds: this.timing.retentionSeconds } },
+      ),
+      lease,
+    );
+  }
+
+  /**
+   * Straight to revoked, for leases whose adapter has nothing to delete (revocation works
+   * through introspection): one write however many leases a task had.
+   */
+  settleDirect(
+    lease: Lease,
+    request: { reason: RevokeReason; requestedAt: string; requestedBy: string },
+    revokedAt: string,
+  ): AtomicWrite {
+    const keep = lease.status === "revoking" || lease.status === "revoke_failed";
+    return this.finish(
+      this.guarded(lease, [lease.status], lease.status === "revoking").patch(
+        {
+          status: "revoked",
+          revokedAt,
+          revokeReason: keep ? (lease.revokeReason ?? request.reason) : request.reason,
+          revokeRequestedAt: keep ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
+          revokeRequestedBy: keep ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
+        },
+        { expiry: { seconds: this.timing.retentionSeconds } },
+      ),
+      lease,
+    );
+  }
+
+  /**
+   * A credential that arrived after its lease left `issuing`, whose inline revocation failed:
+   * the lease is live again in a new round, with the handle, as revoke_failed — retried
+   * from `retryAtMs` until it is gone.
+   */
+  reopenFailed(
+    lease: Lease,
+    issued: { handle?: string; references?: Record<string, string> },
+    failure: { at: string; error: string },
+    retryAtMs: number,
+  ): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    const write = this.guarded(lease, [lease.status], true)
+      .patch(
+        {
+          status: "revoke_failed",
+          handle: issued.handle,
+          references: issued.references,
+          revokeRound: (lease.revokeRound ?? 0) + 1,
+          revokeReason: lease.revokeReason ?? "issue_failed",
+          revokeRequestedAt: lease.revokeRequestedAt ?? failure.at,
+          revokeRequestedBy: lease.revokeRequestedBy ?? "system",
+          revokeFailedAt: failure.at,
+          lastError: failure.error,
+        },
+        { unset: ["revokedAt"], expiry: "persist" },
+      )
+      .zrem(shard.liveLeases, lease.id)
+      .zrem(shard.revokingLeases, lease.id)
+      .zadd(shard.failedLeases, retryAtMs, lease.id);
+    if (issued.handle) write.hset(shard.handles(lease.resource), issued.handle, lease.id);
+    return write;
+  }
+
+  /** A revoked or vanished lease must be in no index that says someone still has to act. */
+  untrack(leaseId: string, handle?: { resource: string; handle: string }): AtomicWrite {
+    const shard = this.shardOf(leaseId);
+    const write = new AtomicWrite(shard)
+      .zrem(shard.liveLeases, leaseId)
+      .zrem(shard.revokingLeases, leaseId)
+      .zrem(shard.failedLeases, leaseId);
+    if (handle) write.hdel(shard.handles(handle.resource), handle.handle);
+    return write;
+  }
+
+  /** Marks a lease's first use by a resource server, once. */
+  firstUse(lease: Lease, at: string): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), ["active"], { equals: { firstUsedAt: null } })
+      .patch({ firstUsedAt: at });
+  }
+
+  /** Notes that an inactive answer about the lease was audited (compare-and-set: one broker writes it). */
+  inactiveSeen(lease: Lease, at: string): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), [lease.status], {
+        equals: { inactiveAuditedAt: lease.inactiveAuditedAt ?? null },
+      })
+      .patch({ inactiveAuditedAt: at });
+  }
+
+  private guarded(lease: Lease, statuses: readonly LeaseStatus[], sameRound = false): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    // Only the current round may move a lease under revocation: an older job must not settle a newer round.
+    return new AtomicWrite(shard).guard(
+      shard.lease(lease.id),
+      statuses,
+      sameRound ? { equals: { revokeRound: lease.revokeRound ?? null } } : {},
+    );
+  }
+
+  private finish(write: AtomicWrite, lease: Lease): AtomicWrite {
+    const shard = write.shard;
+    write
+      .zrem(shard.liveLeases, lease.id)
+      .zrem(shard.revokingLeases, lease.id)
+      .zrem(shard.failedLeases, lease.id);
+    if (lease.handle) write.hdel(shard.handles(lease.resource), lease.handle);
+    return write;
+  }
+}

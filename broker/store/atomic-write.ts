@@ -1,0 +1,366 @@
+import type { Cluster, Redis } from "ioredis";
+import type { ShardKeys } from "../redis.ts";
+
+/**
+ * One atomic change to one shard: guards on records, a new record or a patch of the guarded
+ * one, index updates, a fan-out of a task's leases, and the audit events that go with it, all
+ * applied by one Lua script, so a crash can never leave a state change without its indexes
+ * or its audit event. Every key must belong to the write's shard (one Redis Cluster slot).
+ */
+const ATOMIC_WRITE_SCRIPT = `
+local spec = cjson.decode(ARGV[1])
+local record, raw
+for i, guard in ipairs(spec.g or {}) do
+  local current = redis.call('GET', KEYS[guard.k])
+  if not current then return {0, false, i} end
+  local decoded = cjson.decode(current)
+  local ok = false
+  for _, status in ipairs(guard.s) do
+    if decoded.status == status then ok = true end
+  end
+  if ok and guard.eq then
+    for field, value in pairs(guard.eq) do
+      local actual = decoded[field]
+      if actual == cjson.null then actual = nil end
+      if value == cjson.null then value = nil end
+      if actual ~= value then ok = false end
+    end
+  end
+  if ok and guard.gt then
+    for field, value in pairs(guard.gt) do
+      if type(decoded[field]) ~= 'string' or decoded[field] <= value then ok = false end
+    end
+  end
+  if not ok then return {0, current, i} end
+  if i == 1 then record, raw = decoded, current end
+end
+if spec.c then
+  if not redis.call('SET', KEYS[spec.c.k], spec.c.v, 'NX') then return {-1, false, 0} end
+end
+if spec.p then
+  for field, value in pairs(spec.p.f) do record[field] = value end
+  for _, field in ipairs(spec.p.u or {}) do record[field] = nil end
+  raw = cjson.encode(record)
+  local key = KEYS[spec.g[1].k]
+  if spec.p.t and spec.p.t > 0 then redis.call('SET', key, raw, 'EX', spec.p.t)
+  elseif spec.p.t == -1 then redis.call('SET', key, raw)
+  else redis.call('SET', key, raw, 'KEEPTTL') end
+end
+local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
+for _, op in ipairs(spec.o or {}) do
+  if not allowed[op[1]] then return redis.error_reply('atomic write: op ' .. tostring(op[1])) end
+  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+end
+local moved = {}
+if spec.m then
+  local members = redis.call('ZRANGE', KEYS[spec.m.src], 0, -1)
+  for _, member in ipairs(members) do
+    for _, from in ipairs(spec.m.from) do
+      if redis.call('ZSCORE', KEYS[from], member) then
+        redis.call('ZREM', KEYS[from], member)
+        redis.call('ZADD', KEYS[spec.m.to], spec.m.score, member)
+        moved[#moved + 1] = member
+        break
+      end
+    end
+  end
+end
+local ids = {}
+for i, event in ipairs(spec.e or {}) do
+  local json = event.j
+  if event.n then
+    local body = cjson.decode(json)
+    body[event.n] = #moved
+    json = cjson.encode(body)
+  end
+  local id = redis.call('XADD', KEYS[spec.x], 'MINID', '~', spec.mid, '*', 'e', json)
+  ids[i] = id
+  for _, index in ipairs(event.i or {}) do
+    redis.call('RPUSH', KEYS[index], id)
+    redis.call('EXPIRE', KEYS[index], spec.it)
+    -- Ids past retention point at trimmed events: drop a few from the head on every append.
+    for _ = 1, 8 do
+      local head = redis.call('LINDEX', KEYS[index], 0)
+      if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(spec.mid) then break end
+      redis.call('LPOP', KEYS[index])
+    end
+  end
+  if event.p then redis.call('PUBLISH', spec.ch, spec.sh .. ' ' .. id .. ' ' .. json) end
+end
+return {1, raw or false, 0, ids, moved}
+`;
+
+type Op = [
+  op: "ZADD" | "ZREM" | "ZREMRANGEBYSCORE" | "HSET" | "HDEL" | "EXPIRE" | "PERSIST" | "DEL",
+  key: number,
+  ...args: string[],
+];
+
+interface Guard {
+  k: number;
+  s: readonly string[];
+  eq?: Record<string, unknown>;
+  gt?: Record<string, string>;
+}
+
+/** How the guarded record's expiry changes with a patch. */
+export type RecordExpiry = { seconds: number } | "persist" | "keep";
+
+/** What a write's guard checks on a record: its status and, optionally, field values. */
+export interface GuardCondition {
+  /** Fields that must hold exactly these values; `null` means absent. */
+  equals?: Record<string, unknown>;
+  /** ISO-8601 time fields that must be later than the given time (e.g. a task's `expiresAt`). */
+  laterThan?: Record<string, string>;
+}
+
+/** An audit event ready to be written with a change; built by the audit log. */
+export interface PreparedEvent {
+  /** The event without its id, as stored. */
+  readonly json: string;
+  /** Index lists (in the write's shard) that get the event's id. */
+  readonly indexKeys: readonly string[];
+  /** Sent on the live events channel too (waiting clients, operator streams). */
+  readonly publish: boolean;
+}
+
+/** Builds one atomic write. Keys are checked to belong to the shard. */
+export class AtomicWrite {
+  readonly keys: string[] = [];
+  readonly #guards: Guard[] = [];
+  #create: { k: number; v: string } | undefined;
+  #patch: { f: Record<string, unknown>; u?: string[]; t?: number } | undefined;
+  readonly #ops: Op[] = [];
+  #move: { src: number; from: number[]; to: number; score: string } | undefined;
+  readonly #events: { j: string; i: number[]; p?: 1; n?: string }[] = [];
+
+  constructor(readonly shard: ShardKeys) {}
+
+  /**
+   * Proceeds only if the record at `key` exists with one of `statuses` and meets `condition`.
+   * The first guard's record is the one `patch` changes.
+   */
+  guard(key: string, statuses: readonly string[], condition: GuardCondition = {}): this {
+    const guard: Guard = { k: this.key(key), s: statuses };
+    if (condition.equals && Object.keys(condition.equals).length > 0) guard.eq = condition.equals;
+    if (condition.laterThan) guard.gt = condition.laterThan;
+    this.#guards.push(guard);
+    return this;
+  }
+
+  /** Creates a record; the whole write fails (nothing applied) when the key exists. */
+  create(key: string, record: object): this {
+    this.#create = { k: this.key(key), v: JSON.stringify(record) };
+    return this;
+  }
+
+  /** Sets fields on the first guarded record (and removes `unset` ones). */
+  patch(fields: Record<string, unknown>, options: { unset?: string[]; expiry?: RecordExpiry } = {}): this {
+    if (this.#guards.length === 0) throw new Error("patch needs a guard");
+    const patch: { f: Record<string, unknown>; u?: string[]; t?: number } = { f: dropUndefined(fields) };
+    if (options.unset?.length) patch.u = options.unset;
+    const expiry = options.expiry ?? "keep";
+    if (expiry === "persist") patch.t = -1;
+    else if (expiry !== "keep") patch.t = Math.max(1, Math.ceil(expiry.seconds));
+    this.#patch = patch;
+    return this;
+  }
+
+  zadd(key: string, score: number, member: string): this {
+    this.#ops.push(["ZADD", this.key(key), String(score), member]);
+    return this;
+  }
+
+  zrem(key: string, member: string): this {
+    this.#ops.push(["ZREM", this.key(key), member]);
+    return this;
+  }
+
+  /** Drops members scored at or below `maxScore` (index entries past retention). */
+  trimBelow(key: string, maxScore: number): this {
+    this.#ops.push(["ZREMRANGEBYSCORE", this.key(key), "-inf", String(maxScore)]);
+    return this;
+  }
+
+  hset(key: string, field: string, value: string): this {
+    this.#ops.push(["HSET", this.key(key), field, value]);
+    return this;
+  }
+
+  hdel(key: string, field: string): this {
+    this.#ops.push(["HDEL", this.key(key), field]);
+    return this;
+  }
+
+  expire(key: string, seconds: number): this {
+    this.#ops.push(["EXPIRE", this.key(key), String(Math.max(1, Math.ceil(seconds)))]);
+    return this;
+  }
+
+  persist(key: string): this {
+    this.#ops.push(["PERSIST", this.key(key)]);
+    return this;
+  }
+
+  /**
+   * Moves every member of the `source` set that is in one of `from` into `to` with `score`
+   * (a task's live leases into the revoking index, say). The moved members come back in the
+   * result.
+   */
+  moveMembers(source: string, from: readonly string[], to: string, score: number): this {
+    this.#move = {
+      src: this.key(source),
+      from: from.map((key) => this.key(key)),
+      to: this.key(to),
+      score: String(score),
+    };
+    return this;
+  }
+
+  /**
+   * Appends an audit event. `movedCountField` names a field set to the number of members
+   * `moveMembers` moved.
+   */
+  event(event: PreparedEvent, options: { movedCountField?: string } = {}): this {
+    const entry: { j: string; i: number[]; p?: 1; n?: string } = {
+      j: event.json,
+      i: event.indexKeys.map((key) => this.key(key)),
+    };
+    if (event.publish) entry.p = 1;
+    if (options.movedCountField) entry.n = options.movedCountField;
+    this.#events.push(entry);
+    return this;
+  }
+
+  get hasEvents(): boolean {
+    return this.#events.length > 0;
+  }
+
+  /** The stored JSON of the write's `n`th event. */
+  eventJson(n: number): string | undefined {
+    return this.#events[n]?.j;
+  }
+
+  /** The script's argument. */
+  spec(audit: { minId: string; indexTtlSeconds: number; channel: string }): string {
+    const stream = this.#events.length > 0 ? this.key(this.shard.audit) : 0;
+    return JSON.stringify({
+      g: this.#guards.length > 0 ? this.#guards : undefined,
+      c: this.#create,
+      p: this.#patch,
+      o: this.#ops.length > 0 ? this.#ops : undefined,
+      m: this.#move,
+      e: this.#events.length > 0 ? this.#events : undefined,
+      x: stream,
+      mid: audit.minId,
+      it: audit.indexTtlSeconds,
+      ch: audit.channel,
+      sh: String(this.shard.index),
+    });
+  }
+
+  private key(key: string): number {
+    if (!key.startsWith(this.shard.tag))
+      throw new Error(`key ${key} is not in shard ${this.shard.tag}: one write, one slot`);
+    const at = this.keys.indexOf(key);
+    if (at >= 0) return at + 1;
+    return this.keys.push(key);
+  }
+}
+
+/** What an atomic write did. */
+export interface AtomicResult {
+  /** Whether it was applied. */
+  readonly ok: boolean;
+  /** When not applied because `create` found the key taken. */
+  readonly exists: boolean;
+  /** When a guard failed: its position (0-based). */
+  readonly failedGuard: number | undefined;
+  /** The first guarded record after the change, or the failing guard's record as it stands. */
+  readonly record: string | undefined;
+  /** Stream ids of the events written, in order. */
+  readonly eventIds: readonly string[];
+  /** Members `moveMembers` moved. */
+  readonly moved: readonly string[];
+}
+
+type ScriptReply = [number, string | null, number, string[]?, string[]?];
+type Client = (Redis | Cluster) & {
+  jitkeyAtomicWrite(...args: string[]): Promise<ScriptReply>;
+};
+
+/** Runs atomic writes (one script call each; many in one pipeline). */
+export class AtomicWriter {
+  constructor(
+    private readonly redis: Redis | Cluster,
+    private readonly audit: { retentionMs: number; channel: string },
+  ) {
+    // Registered once per client: ioredis then sends EVALSHA, and the body only on a miss.
+    if (!("jitkeyAtomicWrite" in redis))
+      redis.defineCommand("jitkeyAtomicWrite", { lua: ATOMIC_WRITE_SCRIPT });
+  }
+
+  async run(write: AtomicWrite): Promise<AtomicResult> {
+    return toResult(await (this.redis as Client).jitkeyAtomicWrite(...this.args(write)));
+  }
+
+  /**
+   * Runs independent writes, pipelined per shard. Each write is atomic on its own; a
+   * failure of one does not undo the others. Results come back in order.
+   */
+  async runAll(writes: readonly AtomicWrite[]): Promise<AtomicResult[]> {
+    if (writes.length === 0) return [];
+    if (writes.length === 1) return [await this.run(writes[0] as AtomicWrite)];
+    // Redis Cluster pipelines must stay in one slot: one pipeline per shard.
+    const byShard = new Map<number, number[]>();
+    writes.forEach((write, at) => {
+      const list = byShard.get(write.shard.index) ?? [];
+      list.push(at);
+      byShard.set(write.shard.index, list);
+    });
+    const results: AtomicResult[] = new Array(writes.length);
+    await Promise.all(
+      [...byShard.values()].map(async (positions) => {
+        const pipeline = this.redis.pipeline() as ReturnType<Redis["pipeline"]> & {
+          jitkeyAtomicWrite(...args: string[]): unknown;
+        };
+        for (const at of positions) pipeline.jitkeyAtomicWrite(...this.args(writes[at] as AtomicWrite));
+        const replies = (await pipeline.exec()) ?? [];
+        positions.forEach((at, i) => {
+          const [error, reply] = replies[i] ?? [new Error("no reply"), null];
+          if (error) throw error;
+          results[at] = toResult(reply as ScriptReply);
+        });
+      }),
+    );
+    return results;
+  }
+
+  private args(write: AtomicWrite): string[] {
+    // Stream ids are Redis server time: trimming is by wall-clock age, whatever clock the broker runs on.
+    const spec = write.spec({
+      minId: String(Math.max(0, Date.now() - this.audit.retentionMs)),
+      indexTtlSeconds: Math.ceil(this.audit.retentionMs / 1000),
+      channel: this.audit.channel,
+    });
+    return [String(write.keys.length), ...write.keys, spec];
+  }
+}
+
+function toResult(reply: ScriptReply): AtomicResult {
+  const [code, record, guard, ids, moved] = reply;
+  return {
+    ok: code === 1,
+    exists: code === -1,
+    failedGuard: code === 0 ? guard - 1 : undefined,
+    record: record ?? undefined,
+    eventIds: ids ?? [],
+    moved: moved ?? [],
+  };
+}
+
+function dropUndefined(fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [field, value] of Object.entries(fields)) if (value !== undefined) out[field] = value;
+  return out;
+}
