@@ -12,6 +12,8 @@ import { newId } from "./ids.ts";
 export function createApp(broker: Broker): Express {
   const app = express();
   app.disable("x-powered-by");
+  // JSON API answers are not cacheable (many carry secrets): no ETag, and no hashing of every body for one.
+  app.set("etag", false);
   app.set("trust proxy", broker.config.http.trustProxy);
   app.set("query parser", "simple");
 

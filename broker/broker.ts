@@ -14,6 +14,7 @@ import { AuditLog } from "./audit/audit-log.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
 import { AgentVerifier } from "./identity/agent-verifier.ts";
+import { type IdentityVerifier, VerifiedIdentities } from "./identity/verified-identities.ts";
 import { Introspection } from "./leases/introspection.ts";
 import type { Lease } from "./leases/lease.ts";
 import { LeaseMinter } from "./leases/lease-minter.ts";
@@ -58,7 +59,7 @@ export interface Broker {
   readonly policy: PolicyEngine;
   readonly adapters: ReadonlyMap<string, CredentialAdapter>;
   readonly signingKeys: SigningKeyring;
-  readonly verifier: AgentVerifier;
+  readonly verifier: IdentityVerifier;
   readonly principals: PrincipalTokens;
   readonly tasks: TaskService;
   readonly leases: LeaseService;
@@ -219,7 +220,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     policy,
     adapters,
     signingKeys,
-    verifier: new AgentVerifier(config.identity, () => clock.now()),
+    verifier: new VerifiedIdentities(new AgentVerifier(config.identity, () => clock.now()), {
+      clock,
+      maxTokenAgeSeconds: config.identity.maxTokenAgeSeconds,
+    }),
     principals: new PrincipalTokens(config),
     tasks,
     leases,
