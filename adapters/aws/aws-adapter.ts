@@ -33,7 +33,7 @@ const PACKED_SIZE_WARN_PERCENT = 90;
  * shows (waiting this long between reads) before releasing the lock, so the next writer does
  * not start from a stale copy and drop this entry.
  */
-const CONFIRM_DELAYS_MS = [100, 200, 400, 800, 1600];
+const CONFIRM_DELAYS_MS = [50, 100, 200, 400, 800];
 
 /** What `references` holds for `revoke`; none of it is secret. */
 const REF = {
@@ -80,7 +80,12 @@ export const createAwsAdapter: AdapterFactory = (rawOptions, context): Credentia
   const clientConfig = {
     region: options.region,
     maxAttempts: options.maxAttempts,
-    requestHandler: { requestTimeout: options.requestTimeoutMs, connectionTimeout: options.requestTimeoutMs },
+    requestHandler: {
+      requestTimeout: options.requestTimeoutMs,
+      connectionTimeout: options.requestTimeoutMs,
+      // Without it the SDK only logs a warning when a request overruns its timeout.
+      throwOnRequestTimeout: true,
+    },
     ...(credentials ? { credentials } : {}),
   };
   const sts = new STSClient({ ...clientConfig, ...(options.endpoint ? { endpoint: options.endpoint } : {}) });
