@@ -6,7 +6,7 @@
  * lists as `Tags.member.N.Key`), SigV4-signed, answered with the XML elements and the
  * `<ErrorResponse>` error codes and HTTP statuses of the AWS STS API Reference (version
  * 2011-06-15: AssumeRole, GetCallerIdentity) and the IAM API Reference (version 2010-05-08:
- * GetRolePolicy, PutRolePolicy, DeleteRolePolicy), with the limits the references and the IAM
+ * GetRole, GetRolePolicy, PutRolePolicy, DeleteRolePolicy), with the limits the references and the IAM
  * User Guide's "IAM and AWS STS quotas" document: DurationSeconds 900–43,200 and the role's
  * MaxSessionDuration, RoleSessionName and SourceIdentity 2–64 of `[\w+=,.@-]`, at most 50
  * session tags of keys ≤ 128 and values ≤ 256 characters, session policy plaintext ≤ 2,048,
@@ -491,6 +491,7 @@ export class FakeAwsServer {
     if (service === "iam" && action === "GetRolePolicy") return this.#getRolePolicy(params, caller);
     if (service === "iam" && action === "PutRolePolicy") return this.#putRolePolicy(params, caller);
     if (service === "iam" && action === "DeleteRolePolicy") return this.#deleteRolePolicy(params, caller);
+    if (service === "iam" && action === "GetRole") return this.#getRole(params, caller);
     throw new AwsFault(
       400,
       "InvalidAction",
@@ -684,6 +685,32 @@ export class FakeAwsServer {
     const role = this.#roles.get(roleName);
     if (!role) throw new AwsFault(404, "NoSuchEntity", `The role with name ${roleName} cannot be found.`);
     return { role, policyName };
+  }
+
+  #getRole(params: URLSearchParams, caller: Caller): Record<string, unknown> {
+    const roleName = params.get("RoleName") ?? "";
+    const role = this.#roles.get(roleName);
+    if (!role) throw new AwsFault(404, "NoSuchEntity", `The role with name ${roleName} cannot be found.`);
+    this.#authorize(caller, "iam:GetRole", role.arn);
+    const trust = {
+      Version: "2012-10-17",
+      Statement: (role.trustedPrincipalArns ?? [`arn:aws:iam::${ACCOUNT}:root`]).map((arn) => ({
+        Effect: "Allow",
+        Principal: { AWS: arn },
+        Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+      })),
+    };
+    return {
+      Role: {
+        Path: role.arn.slice(role.arn.indexOf(":role") + 5, -role.name.length),
+        RoleName: role.name,
+        RoleId: role.roleId,
+        Arn: role.arn,
+        CreateDate: new Date(0).toISOString(),
+        AssumeRolePolicyDocument: encodeURIComponent(JSON.stringify(trust)),
+        MaxSessionDuration: role.maxSessionDurationSeconds ?? 3600,
+      },
+    };
   }
 
   #getRolePolicy(params: URLSearchParams, caller: Caller): Record<string, unknown> {
