@@ -92,11 +92,11 @@ export const createAwsAdapter: AdapterFactory = (rawOptions, context): Credentia
   const iamEndpoint = options.iamEndpoint ?? options.endpoint;
   const iam = new IAMClient({ ...clientConfig, ...(iamEndpoint ? { endpoint: iamEndpoint } : {}) });
 
-  const aws = async <T>(action: string, send: () => Promise<T>, extraSecrets: string[] = []): Promise<T> => {
+  const aws = async <T>(action: string, send: () => Promise<T>): Promise<T> => {
     try {
       return await send();
     } catch (error) {
-      throw toAwsError(error, action, [...secrets, ...extraSecrets]);
+      throw toAwsError(error, action, secrets);
     }
   };
 
@@ -127,12 +127,12 @@ export const createAwsAdapter: AdapterFactory = (rawOptions, context): Credentia
     );
 
   /** Reads the policy back until it shows `document` (or gives up, loudly, after a few seconds). */
-  const confirmWritten = async (roleName: string, document: string | undefined): Promise<void> => {
-    const wanted = document === undefined ? undefined : JSON.stringify(JSON.parse(document));
+  const confirmWritten = async (roleName: string, document: string): Promise<void> => {
+    const wanted = JSON.stringify(JSON.parse(document));
     for (const delay of [0, ...CONFIRM_DELAYS_MS]) {
       if (delay > 0) await sleep(delay);
       const read = await readDenyPolicy(roleName);
-      if ((read === undefined ? undefined : JSON.stringify(JSON.parse(read))) === wanted) return;
+      if (read !== undefined && JSON.stringify(JSON.parse(read)) === wanted) return;
     }
     logger.warn("aws: the deny policy does not read back as written yet (IAM is eventually consistent)", {
       resource: context.resource,
