@@ -7,12 +7,14 @@ import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
 import { adapterFactories } from "../adapters/registry.ts";
 import type { AdapterContext, CredentialAdapter } from "../adapters/types.ts";
 import { DueSweeper } from "../jobs/due-sweeper.ts";
+import { NotificationDispatcher, notificationQueue, startNotificationWorker } from "../jobs/notifications.ts";
 import { RevocationQueue } from "../jobs/queues.ts";
 import { Reconciler } from "../jobs/reconciler.ts";
 import { type RevocationWorkerOptions, startRevocationWorker } from "../jobs/revoke.worker.ts";
 import { AuditLog } from "./audit/audit-log.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
+import { LiveEvents } from "./events/live-events.ts";
 import { AgentVerifier } from "./identity/agent-verifier.ts";
 import { type IdentityVerifier, VerifiedIdentities } from "./identity/verified-identities.ts";
 import { Introspection } from "./leases/introspection.ts";
@@ -70,6 +72,9 @@ export interface Broker {
   readonly introspection: Introspection;
   readonly queue: RevocationQueue;
   readonly sweeper: DueSweeper;
+  /** Task and lease events as they happen, for waiting clients. */
+  readonly events: LiveEvents;
+  readonly notifications: NotificationDispatcher;
   readonly reconciler: Reconciler;
   readonly dev: import("./dev-mode.ts").DevModeSecrets | undefined;
   /** Starts revocation workers and the due sweeper in this process and schedules the reconciler. */
@@ -164,8 +169,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     logger,
   });
   const leases = new LeaseService({ redis, keys, leases: leaseStore, minter, revoker, audit, clock });
+  const events = new LiveEvents({ redis, channel: keys.eventsChannel, logger });
   const tasks = new TaskService({
     redis,
+    events,
     keys,
     tasks: taskStore,
     policy,
@@ -205,7 +212,15 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     logger,
     staleMs: config.revocation.staleSeconds * 1000,
   });
-  const workers: Worker[] = [];
+  const deliveries = notificationQueue(queueConnection, keys.queuePrefix, config.notifications);
+  const notifications = new NotificationDispatcher({
+    redis,
+    keys,
+    queue: deliveries,
+    notifications: config.notifications,
+    logger,
+  });
+  const workers: { close(): Promise<void> }[] = [];
 
   return {
     config,
@@ -234,6 +249,8 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     introspection: new Introspection({ redis, keys, issuer, signingKeys, states, audit, metrics, clock }),
     queue,
     sweeper,
+    events,
+    notifications,
     reconciler,
     dev: options.dev,
     async startWorkers({ sweep = true, ...workerOptions } = {}) {
@@ -241,16 +258,29 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
         { connection: queueConnection, prefix: keys.queuePrefix, revoker, tasks, reconciler, logger },
         { concurrency: config.revocation.concurrency, ...workerOptions },
       );
-      workers.push(worker as unknown as Worker);
+      workers.push(worker);
       await worker.waitUntilReady();
+      if (config.notifications.webhooks.length > 0) {
+        workers.push(
+          startNotificationWorker({
+            connection: queueConnection,
+            prefix: keys.queuePrefix,
+            notifications: config.notifications,
+            metrics,
+            clock,
+            logger,
+          }),
+        );
+        notifications.start();
+      }
       if (sweep) sweeper.start();
       await queue.scheduleReconciler(config.revocation.reconcileIntervalSeconds * 1000);
       return worker as unknown as Worker;
     },
     async close() {
-      await sweeper.stop();
+      await Promise.allSettled([sweeper.stop(), notifications.stop(), events.close()]);
       await Promise.allSettled(workers.map((worker) => worker.close()));
-      await queue.close();
+      await Promise.allSettled([queue.close(), deliveries.close()]);
       await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));
       await Promise.allSettled([redis.quit(), queueConnection.quit()]);
     },

@@ -5,6 +5,7 @@ import { z } from "zod";
 import { SIGNING_ALGORITHMS } from "../adapters/jwt/signing-keys.ts";
 import { ADAPTER_KINDS } from "../adapters/registry.ts";
 import { SHARD_COUNTS } from "./ids.ts";
+import { SecretRef } from "./secret-ref.ts";
 
 /** Data classifications, lowest first. */
 export const CLASSIFICATIONS = ["public", "internal", "confidential", "restricted"] as const;
@@ -58,6 +59,41 @@ const policySchema = z.object({
   maxTtlSeconds: seconds.max(86_400),
   owner: z.string().optional(),
 });
+
+/** Events clients can wait for, stream (`GET /v1/events`) and receive by webhook. */
+export const NOTIFICATION_EVENTS = [
+  "task_pending",
+  "task_approved",
+  "task_denied",
+  "task_completed",
+  "task_expired",
+  "task_revoked",
+  "lease_revoked",
+  "lease_revoke_failed",
+] as const;
+export type NotificationEvent = (typeof NOTIFICATION_EVENTS)[number];
+
+const webhookSchema = z
+  .object({
+    name,
+    /** Where events are POSTed; `https:`, or `http:` to a loopback address only. */
+    url: z.url({ protocol: /^https?$/ }).refine((url) => {
+      const parsed = new URL(url);
+      return parsed.protocol === "https:" || ["127.0.0.1", "localhost", "[::1]"].includes(parsed.hostname);
+    }, "must be https (http only to a loopback address)"),
+    events: z.array(z.enum(NOTIFICATION_EVENTS)).min(1),
+    /**
+     * The Standard Webhooks signing secret (`whsec_` + base64, at least 24 bytes): the value,
+     * `{ env: NAME }` or `{ file: PATH }`.
+     */
+    secret: SecretRef.refine((secret) => {
+      const bytes = Buffer.from(secret.replace(/^whsec_/, ""), "base64");
+      return secret.startsWith("whsec_") && bytes.length >= 24;
+    }, "a whsec_ secret of at least 24 bytes (base64)"),
+    /** `standard`: the event as JSON; `slack`: a Slack incoming-webhook `{text}` message. */
+    format: z.enum(["standard", "slack"]).default("standard"),
+  })
+  .strict();
 
 /** The one configuration schema. Parsed once at start; a bad file fails naming the field. */
 export const ConfigSchema = z
@@ -140,6 +176,15 @@ export const ConfigSchema = z
       })
       .prefault({}),
     log: z.object({ level: z.enum(["error", "warn", "info", "debug"]).default("info") }).prefault({}),
+    notifications: z
+      .object({
+        webhooks: z.array(webhookSchema).default([]),
+        /** Delivery attempts per event and webhook, with exponential backoff from `backoffMs`. */
+        attempts: z.number().int().min(1).max(30).default(10),
+        backoffMs: z.number().int().min(10).default(2000),
+        timeoutMs: z.number().int().min(100).max(60_000).default(10_000),
+      })
+      .prefault({}),
     /** Set by the broker itself when it started without a config file. */
     devMode: z.boolean().default(false),
   })
@@ -169,6 +214,7 @@ export const ConfigSchema = z
       issuerUrls.add(issuer.issuer);
     });
     unique(config.resources, "resources");
+    unique(config.notifications.webhooks, "notifications.webhooks");
     unique([...config.operators, ...config.introspectors], "operators");
     const hashes = new Set<string>();
     for (const [path, list] of [

@@ -61,6 +61,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly webhookDeliveries = new Counter({
+    name: "jitkey_webhook_deliveries_total",
+    help: "Webhook delivery attempts, by webhook and result (delivered, retrying, failed)",
+    labelNames: ["webhook", "result"] as const,
+    registers: [this.registry],
+  });
+
   readonly identityRejected = new Counter({
     name: "jitkey_identity_rejected_total",
     help: "Agent identity tokens rejected",

@@ -6,6 +6,7 @@ import {
   CredentialSchema,
   DecisionBody,
   ErrorSchema,
+  EventsQuery,
   IntrospectBody,
   IntrospectionSchema,
   LeaseListQuery,
@@ -13,6 +14,7 @@ import {
   MintLeaseBody,
   RevocationBody,
   TaskListQuery,
+  TaskReadQuery,
   TaskSchema,
 } from "./schemas.ts";
 
@@ -56,8 +58,9 @@ const routes: RouteDoc[] = [
   {
     method: "get",
     path: "/v1/tasks/{id}",
-    summary: "Read a task",
+    summary: "Read a task; with waitSeconds, wait until it is no longer pending",
     who: ["agent", "operator"],
+    query: TaskReadQuery,
     status: 200,
     response: z.object({ task: TaskSchema }),
   },
@@ -148,6 +151,19 @@ const routes: RouteDoc[] = [
     query: AuditListQuery,
     status: 200,
     response: z.object({ events: z.array(AuditEventSchema) }),
+  },
+  {
+    method: "get",
+    path: "/v1/events",
+    summary:
+      "Server-Sent Events: task_pending, task_approved, task_denied, task_completed, task_expired, task_revoked, lease_revoked, lease_revoke_failed as they happen; Last-Event-ID resumes",
+    who: ["operator"],
+    query: EventsQuery,
+    status: 200,
+    response: z
+      .string()
+      .describe("text/event-stream: `id`, `event` (the name) and `data` (the audit event as JSON)"),
+    responseType: "text/event-stream",
   },
   {
     method: "get",

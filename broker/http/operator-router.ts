@@ -1,11 +1,13 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
+import type { NotificationEvent } from "../config.ts";
 import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
+import { type LiveEvent, notificationName } from "../events/live-events.ts";
 import type { Authenticator } from "./auth.ts";
-import { AuditListQuery, DevAgentTokenBody, IntrospectBody } from "./schemas.ts";
+import { AuditListQuery, DevAgentTokenBody, EventsQuery, IntrospectBody } from "./schemas.ts";
 import { validate } from "./validate.ts";
 
-/** `/v1/introspect` (RFC 7662) and `/v1/audit`. */
+/** `/v1/introspect` (RFC 7662), `/v1/events` (Server-Sent Events) and `/v1/audit`. */
 export function oversightRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
 
@@ -18,6 +20,47 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
     });
     const { token } = validate(IntrospectBody, req.body);
     res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, caller));
+  });
+
+  router.get("/events", async (req, res) => {
+    await auth.operator(req);
+    const { types } = validate(EventsQuery, req.query);
+    const wanted = (name: NotificationEvent) => !types || types.includes(name);
+    res.status(200).set({
+      "Content-Type": "text/event-stream; charset=utf-8",
+      "Cache-Control": "no-store",
+      Connection: "keep-alive",
+      // Proxies must not buffer a stream.
+      "X-Accel-Buffering": "no",
+    });
+    res.flushHeaders();
+    const sent = new Set<string>();
+    const send = ({ name, event }: LiveEvent) => {
+      if (!wanted(name) || sent.has(event.id)) return;
+      sent.add(event.id);
+      if (sent.size > 10_000) sent.clear();
+      res.write(`id: ${event.id}\nevent: ${name}\ndata: ${JSON.stringify(event)}\n\n`);
+    };
+    // Subscribe before replaying, so nothing falls between the two.
+    let buffered: LiveEvent[] | undefined = [];
+    const unsubscribe = broker.events.subscribe((live) => (buffered ? buffered.push(live) : send(live)));
+    const keepalive = setInterval(() => res.write(": keepalive\n\n"), 15_000);
+    res.on("close", () => {
+      unsubscribe();
+      clearInterval(keepalive);
+    });
+    res.write("retry: 2000\n\n");
+    const lastEventId = req.get("last-event-id");
+    if (lastEventId) {
+      // Resume: what happened since the client's last event, from the audit trail.
+      const missed = await broker.audit.query({ after: lastEventId.slice(0, 64), limit: 1000 });
+      for (const event of missed) {
+        const name = notificationName(event);
+        if (name) send({ name, event });
+      }
+    }
+    for (const live of buffered) send(live);
+    buffered = undefined;
   });
 
   router.get("/audit", async (req, res) => {

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { AUDIT_EVENT_TYPES } from "../audit/audit-log.ts";
-import { CLASSIFICATIONS } from "../config.ts";
+import { CLASSIFICATIONS, NOTIFICATION_EVENTS } from "../config.ts";
 import { LEASE_STATUSES, REVOKE_REASONS } from "../leases/lease.ts";
 import { TASK_STATUSES } from "../tasks/task.ts";
 
@@ -61,6 +61,30 @@ export const DevAgentTokenBody = z
       .regex(/^[A-Za-z0-9][A-Za-z0-9:._/@-]{0,127}$/)
       .default("demo-agent"),
     ttlSeconds: z.number().int().min(1).max(3600).optional(),
+  })
+  .strict();
+
+export const TaskReadQuery = z
+  .object({
+    waitSeconds: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .max(60)
+      .optional()
+      .describe("Long-poll: answer as soon as the task is no longer pending, or after this many seconds"),
+  })
+  .strict();
+
+export const EventsQuery = z
+  .object({
+    types: z
+      .string()
+      .max(512)
+      .transform((list) => list.split(",").map((type) => type.trim()))
+      .pipe(z.array(z.enum(NOTIFICATION_EVENTS)).min(1))
+      .optional()
+      .describe("Comma-separated event names to stream; default all"),
   })
   .strict();
 

@@ -1,7 +1,7 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import type { Authenticator } from "./auth.ts";
-import { CreateTaskBody, DecisionBody, MintLeaseBody, TaskListQuery } from "./schemas.ts";
+import { CreateTaskBody, DecisionBody, MintLeaseBody, TaskListQuery, TaskReadQuery } from "./schemas.ts";
 import { validate } from "./validate.ts";
 import { leaseView, taskView } from "./views.ts";
 
@@ -28,7 +28,12 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/:id", async (req, res) => {
     const principal = await auth.require(req, "agent", "operator");
-    res.json({ task: taskView(await broker.tasks.get(req.params.id, principal)) });
+    const { waitSeconds } = validate(TaskReadQuery, req.query);
+    // A long-poll ends early when the client goes away.
+    const gone = new AbortController();
+    res.on("close", () => gone.abort());
+    const task = await broker.tasks.awaitDecision(req.params.id, principal, waitSeconds ?? 0, gone.signal);
+    res.json({ task: taskView(task) });
   });
 
   for (const decision of ["approve", "deny"] as const) {

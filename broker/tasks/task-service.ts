@@ -4,6 +4,7 @@ import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import type { Classification, Config } from "../config.ts";
 import { ForbiddenError, NotFoundError, PolicyDeniedError, TaskClosedError } from "../errors.ts";
+import type { LiveEvents } from "../events/live-events.ts";
 import {
   type AgentPrincipal,
   actorOf,
@@ -20,6 +21,8 @@ import { LIVE_TASK_STATUSES, type Task, type TaskStatus } from "./task.ts";
 
 export interface TaskServiceDeps {
   redis: Redis | Cluster;
+  /** Live events, to answer a waiting read the moment its task is decided. */
+  events: Pick<LiveEvents, "subscribe">;
   keys: RedisKeys;
   tasks: RecordStore<Task>;
   policy: PolicyEngine;
@@ -146,6 +149,40 @@ export class TaskService {
       reason: `${actorOf(principal)} does not own this task`,
     });
     throw new ForbiddenError("only the owning agent or an operator may see this task");
+  }
+
+  /**
+   * A task, once it is no longer `pending` or after `waitSeconds` (long-poll). Answered the
+   * moment any broker process decides, expires or ends it: the live event wakes the wait,
+   * and the task is read again then (and at the deadline, should an event be lost).
+   */
+  async awaitDecision(
+    taskId: string,
+    principal: Principal,
+    waitSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<Task> {
+    const task = await this.get(taskId, principal);
+    if (task.status !== "pending" || waitSeconds <= 0) return task;
+    const read = async () => (await this.deps.tasks.get(taskId)) ?? task;
+    return new Promise<Task>((resolve, reject) => {
+      let settled = false;
+      const finish = () => {
+        if (settled) return;
+        settled = true;
+        unsubscribe();
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", finish);
+        read().then(resolve, reject);
+      };
+      const unsubscribe = this.deps.events.subscribe(({ name, event }) => {
+        if (event.taskId === taskId && name !== "task_pending") finish();
+      });
+      const timer = setTimeout(finish, waitSeconds * 1000);
+      signal?.addEventListener("abort", finish);
+      // Decided between the first read and the subscription: do not wait for an event already gone.
+      read().then((now) => now.status !== "pending" && finish(), reject);
+    });
   }
 
   /** Tasks newest first; `pending` and an agent's come from their own indexes. */

@@ -1,0 +1,109 @@
+import type { Redis } from "ioredis";
+import type { Logger } from "winston";
+import { type AuditEvent, publicEventId } from "../audit/audit-log.ts";
+import type { NotificationEvent } from "../config.ts";
+
+/** A task or lease event as clients see it: its notification name and the audit event. */
+export interface LiveEvent {
+  readonly name: NotificationEvent;
+  readonly event: AuditEvent;
+}
+
+/**
+ * The notification name of an audit event, if clients may wait for it: a task created
+ * `pending` is `task_pending`; decisions, task endings and revocation outcomes keep their type.
+ */
+export function notificationName(event: { type: string; status?: unknown }): NotificationEvent | undefined {
+  switch (event.type) {
+    case "task_created":
+      return event.status === "pending" ? "task_pending" : undefined;
+    case "task_approved":
+    case "task_denied":
+    case "task_completed":
+    case "task_expired":
+    case "task_revoked":
+    case "lease_revoked":
+    case "lease_revoke_failed":
+      return event.type;
+    default:
+      return undefined;
+  }
+}
+
+type Listener = (event: LiveEvent) => void;
+
+/**
+ * Events as they happen, from every broker process: the atomic writes publish them on one
+ * Redis channel, and this process holds one subscriber connection (opened on first use) that
+ * fans them out to local listeners — long-polling task reads and `GET /v1/events` streams.
+ * Delivery is best effort (a reconnect may drop some), so listeners re-read state on wake-up
+ * and on timeout; durable delivery (webhooks) reads the audit streams instead.
+ */
+export class LiveEvents {
+  readonly #listeners = new Set<Listener>();
+  #subscriber: Redis | undefined;
+
+  constructor(private readonly deps: { redis: Redis; channel: string; logger: Logger }) {}
+
+  /** Calls `listener` for each event until the returned function is called. */
+  subscribe(listener: Listener): () => void {
+    this.#listeners.add(listener);
+    this.connect();
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
+  get listeners(): number {
+    return this.#listeners.size;
+  }
+
+  async close(): Promise<void> {
+    this.#listeners.clear();
+    const subscriber = this.#subscriber;
+    this.#subscriber = undefined;
+    if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
+  }
+
+  private connect(): void {
+    if (this.#subscriber) return;
+    const subscriber = this.deps.redis.duplicate({
+      connectionName: "jitkey-events",
+      enableOfflineQueue: true,
+    });
+    this.#subscriber = subscriber;
+    subscriber.on("error", (error: Error) =>
+      this.deps.logger.warn("live events connection", { error: error.message }),
+    );
+    subscriber.on("message", (_channel: string, message: string) => this.dispatch(message));
+    subscriber.subscribe(this.deps.channel).catch((error: Error) => {
+      this.deps.logger.warn("live events subscribe failed", { error: error.message });
+    });
+  }
+
+  /** Messages are `<shard> <stream id> <event json>`. */
+  private dispatch(message: string): void {
+    const first = message.indexOf(" ");
+    const second = message.indexOf(" ", first + 1);
+    if (first < 0 || second < 0) return;
+    let body: Omit<AuditEvent, "id">;
+    try {
+      body = JSON.parse(message.slice(second + 1));
+    } catch {
+      return;
+    }
+    const event = {
+      id: publicEventId(message.slice(first + 1, second), Number(message.slice(0, first))),
+      ...body,
+    } as AuditEvent;
+    const name = notificationName(event);
+    if (!name) return;
+    for (const listener of this.#listeners) {
+      try {
+        listener({ name, event });
+      } catch (error) {
+        this.deps.logger.warn("live event listener failed", { error: (error as Error).message });
+      }
+    }
+  }
+}
