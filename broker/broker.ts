@@ -20,6 +20,7 @@ import { type IdentityVerifier, VerifiedIdentities } from "./identity/verified-i
 import { Introspection } from "./leases/introspection.ts";
 import type { Lease } from "./leases/lease.ts";
 import { LeaseMinter } from "./leases/lease-minter.ts";
+import { LeaseRenewer } from "./leases/lease-renewer.ts";
 import { LeaseRevoker } from "./leases/lease-revoker.ts";
 import { LeaseService } from "./leases/lease-service.ts";
 import { LeaseStates } from "./leases/lease-states.ts";
@@ -168,7 +169,17 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     clock,
     logger,
   });
-  const leases = new LeaseService({ redis, keys, leases: leaseStore, minter, revoker, audit, clock });
+  const renewer = new LeaseRenewer({ tasks: taskStore, states, policy, adapters, audit, metrics, clock });
+  const leases = new LeaseService({
+    redis,
+    keys,
+    leases: leaseStore,
+    minter,
+    renewer,
+    revoker,
+    audit,
+    clock,
+  });
   const events = new LiveEvents({ redis, channel: keys.eventsChannel, logger });
   const tasks = new TaskService({
     redis,

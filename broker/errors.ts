@@ -84,6 +84,14 @@ export class LeaseRevokedError extends JitkeyError {
   }
 }
 
+/** The lease's backend cannot extend a credential (or the lease is not active any more). */
+export class LeaseNotRenewableError extends JitkeyError {
+  static override readonly code = "lease_not_renewable";
+  constructor(message: string) {
+    super(message, 409);
+  }
+}
+
 export class RateLimitedError extends JitkeyError {
   static override readonly code = "rate_limited";
   readonly retryAfterSeconds: number;

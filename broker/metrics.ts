@@ -11,6 +11,13 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly leasesRenewed = new Counter({
+    name: "jitkey_leases_renewed_total",
+    help: "Leases extended, by resource",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
+
   readonly denials = new Counter({
     name: "jitkey_denials_total",
     help: "Requests denied, by what was denied and the error code",

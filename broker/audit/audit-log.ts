@@ -18,6 +18,7 @@ export const AUDIT_EVENT_TYPES = [
   "lease_issued",
   "lease_denied",
   "lease_issue_failed",
+  "lease_renewed",
   "lease_revoke_requested",
   "lease_revoked",
   "lease_revoke_failed",

@@ -1,11 +1,11 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import type { Authenticator } from "./auth.ts";
-import { LeaseListQuery, RevocationBody } from "./schemas.ts";
+import { LeaseListQuery, RenewLeaseBody, RevocationBody } from "./schemas.ts";
 import { validate } from "./validate.ts";
 import { leaseView } from "./views.ts";
 
-/** `/v1/leases`: read, list and release leases. */
+/** `/v1/leases`: read, list, renew and release leases. */
 export function leasesRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
 
@@ -18,6 +18,12 @@ export function leasesRouter(broker: Broker, auth: Authenticator): Router {
   router.get("/:id", async (req, res) => {
     const principal = await auth.require(req, "agent", "operator");
     res.json({ lease: leaseView(await broker.leases.get(req.params.id, principal)) });
+  });
+
+  router.post("/:id/renew", async (req, res) => {
+    const agent = await auth.agent(req);
+    const body = validate(RenewLeaseBody, req.body);
+    res.json({ lease: leaseView(await broker.leases.renew(req.params.id, agent, body)) });
   });
 
   router.delete("/:id", async (req, res) => {

@@ -38,6 +38,12 @@ export const MintLeaseBody = z
   })
   .strict();
 
+export const RenewLeaseBody = z
+  .object({
+    ttlSeconds: z.number().int().min(1).optional().describe("From now; default the most policy allows"),
+  })
+  .strict();
+
 export const RevocationBody = z
   .object({
     leaseId: id.optional(),
@@ -142,6 +148,7 @@ export const LeaseSchema = z.object({
   status: z.enum(LEASE_STATUSES),
   revocable: z.boolean(),
   revocation: z.enum(["backend", "introspection", "none"]),
+  renewedAt: z.iso.datetime().optional(),
   revokedAt: z.iso.datetime().optional(),
   revokeReason: z.enum(REVOKE_REASONS).optional(),
 });

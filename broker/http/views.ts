@@ -13,6 +13,7 @@ const LEASE_VIEW_FIELDS = [
   "status",
   "revocable",
   "revocation",
+  "renewedAt",
   "revokeReason",
   "revokeRequestedAt",
   "revokeRequestedBy",

@@ -2,11 +2,12 @@ import type { Cluster, Redis } from "ioredis";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import { ForbiddenError, NotFoundError } from "../errors.ts";
-import { actorOf, type Principal } from "../identity/principal.ts";
+import { type AgentPrincipal, actorOf, type Principal } from "../identity/principal.ts";
 import type { RedisKeys, ShardKeys } from "../redis.ts";
 import type { RecordStore } from "../store/record-store.ts";
 import type { Lease, LeaseStatus } from "./lease.ts";
 import type { LeaseMinter } from "./lease-minter.ts";
+import type { LeaseRenewer } from "./lease-renewer.ts";
 import type { LeaseRevoker } from "./lease-revoker.ts";
 
 export interface LeaseFilter {
@@ -33,6 +34,7 @@ export class LeaseService {
       keys: RedisKeys;
       leases: RecordStore<Lease>;
       minter: LeaseMinter;
+      renewer: LeaseRenewer;
       revoker: LeaseRevoker;
       audit: AuditLog;
       clock: Clock;
@@ -42,6 +44,11 @@ export class LeaseService {
   /** Mints a credential for an approved task (see {@link LeaseMinter}). */
   mint(...args: Parameters<LeaseMinter["mint"]>): ReturnType<LeaseMinter["mint"]> {
     return this.deps.minter.mint(...args);
+  }
+
+  /** Extends the agent's own active lease (see {@link LeaseRenewer}). */
+  async renew(leaseId: string, agent: AgentPrincipal, request: { ttlSeconds?: number }): Promise<Lease> {
+    return this.deps.renewer.renew(agent, await this.get(leaseId, agent), request);
   }
 
   /** A lease, if the principal may see it. */

@@ -75,6 +75,19 @@ export class LeaseStates {
     return write;
   }
 
+  /**
+   * active → active with a later end (a renewal), only while its task is approved and lasts
+   * at least that long, and only if nobody changed the lease's end meanwhile.
+   */
+  extend(lease: Lease, expiresAt: string, nowIso: string): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), ["active"], { equals: { expiresAt: lease.expiresAt } })
+      .guard(shard.task(lease.taskId), ["approved"], { laterThan: { expiresAt: nowIso } })
+      .patch({ expiresAt, renewedAt: nowIso })
+      .zadd(shard.liveLeases, Date.parse(expiresAt), lease.id);
+  }
+
   /** A lease looked at before it is due goes back to the live index at the right time. */
   reschedule(lease: Lease, lookAtMs: number): AtomicWrite {
     const shard = this.shardOf(lease.id);

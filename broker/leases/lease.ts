@@ -40,6 +40,8 @@ export interface Lease {
   revokeRound?: number;
   /** Failed attempts in the current round (retried with backoff until `revocation.attempts`). */
   revokeAttempts?: number;
+  /** When the lease was last renewed. */
+  renewedAt?: string;
   /** When a resource server first asked about the credential (introspection). */
   firstUsedAt?: string;
   /** When an inactive introspection answer about it was last audited (at most once a minute). */

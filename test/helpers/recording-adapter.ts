@@ -5,6 +5,7 @@ import {
   type CredentialAdapter,
   type IssuedCredential,
   type IssueRequest,
+  type RenewRequest,
   type RevokeRequest,
 } from "../../adapters/types.ts";
 
@@ -15,7 +16,13 @@ import {
  */
 export class RecordingAdapter implements CredentialAdapter {
   readonly kind = "recording";
-  readonly capabilities = { revocation: "backend", renewable: false } as const;
+  /** Whether it extends credentials (`renew`); off unless a test turns it on. */
+  renewable = false;
+  get capabilities() {
+    return { revocation: "backend", renewable: this.renewable } as const;
+  }
+  /** Every renew request, for assertions. */
+  readonly renewals: RenewRequest[] = [];
   issueCalls = 0;
   revokeCalls = 0;
   /** Fail issuing before or after creating the artifact. */
@@ -84,6 +91,11 @@ export class RecordingAdapter implements CredentialAdapter {
       throw new AdapterError("backend timed out");
     }
     await this.redis.del(this.artifactKey(request.leaseId));
+  }
+
+  async renew(request: RenewRequest): Promise<{ expiresAt: Date }> {
+    this.renewals.push(request);
+    return { expiresAt: request.expiresAt };
   }
 
   async health() {
