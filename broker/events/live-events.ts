@@ -42,6 +42,7 @@ type Listener = (event: LiveEvent) => void;
 export class LiveEvents {
   readonly #listeners = new Set<Listener>();
   #subscriber: Redis | undefined;
+  #subscribed: Promise<void> | undefined;
 
   constructor(private readonly deps: { redis: Redis; channel: string; logger: Logger }) {}
 
@@ -54,6 +55,15 @@ export class LiveEvents {
     };
   }
 
+  /**
+   * Resolves once this process's subscription is in place, so an event published after it
+   * reaches the listeners; a caller that subscribed reads state only after this.
+   */
+  ready(): Promise<void> {
+    this.connect();
+    return this.#subscribed ?? Promise.resolve();
+  }
+
   get listeners(): number {
     return this.#listeners.size;
   }
@@ -62,6 +72,7 @@ export class LiveEvents {
     this.#listeners.clear();
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
+    this.#subscribed = undefined;
     if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
   }
 
@@ -76,9 +87,15 @@ export class LiveEvents {
       this.deps.logger.warn("live events connection", { error: error.message }),
     );
     subscriber.on("message", (_channel: string, message: string) => this.dispatch(message));
-    subscriber.subscribe(this.deps.channel).catch((error: Error) => {
-      this.deps.logger.warn("live events subscribe failed", { error: error.message });
-    });
+    this.#subscribed = subscriber.subscribe(this.deps.channel).then(
+      () => undefined,
+      (error: Error) => {
+        // Waiters still re-read at their deadline; a later subscribe retries.
+        this.deps.logger.warn("live events subscribe failed", { error: error.message });
+        this.#subscriber = undefined;
+        subscriber.disconnect();
+      },
+    );
   }
 
   /** Messages are `<shard> <stream id> <event json>`. */

@@ -33,7 +33,6 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
       // Proxies must not buffer a stream.
       "X-Accel-Buffering": "no",
     });
-    res.flushHeaders();
     const sent = new Set<string>();
     const send = ({ name, event }: LiveEvent) => {
       if (!wanted(name) || sent.has(event.id)) return;
@@ -44,6 +43,9 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
     // Subscribe before replaying, so nothing falls between the two.
     let buffered: LiveEvent[] | undefined = [];
     const unsubscribe = broker.events.subscribe((live) => (buffered ? buffered.push(live) : send(live)));
+    // Headers go once the subscription is in place: a client that sees them misses nothing after.
+    await broker.events.ready();
+    res.flushHeaders();
     const keepalive = setInterval(() => res.write(": keepalive\n\n"), 15_000);
     res.on("close", () => {
       unsubscribe();

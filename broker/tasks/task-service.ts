@@ -22,7 +22,7 @@ import { LIVE_TASK_STATUSES, type Task, type TaskStatus } from "./task.ts";
 export interface TaskServiceDeps {
   redis: Redis | Cluster;
   /** Live events, to answer a waiting read the moment its task is decided. */
-  events: Pick<LiveEvents, "subscribe">;
+  events: Pick<LiveEvents, "subscribe" | "ready">;
   keys: RedisKeys;
   tasks: RecordStore<Task>;
   policy: PolicyEngine;
@@ -181,7 +181,10 @@ export class TaskService {
       const timer = setTimeout(finish, waitSeconds * 1000);
       signal?.addEventListener("abort", finish);
       // Decided between the first read and the subscription: do not wait for an event already gone.
-      read().then((now) => now.status !== "pending" && finish(), reject);
+      this.deps.events
+        .ready()
+        .then(read)
+        .then((now) => now.status !== "pending" && finish(), reject);
     });
   }
 
