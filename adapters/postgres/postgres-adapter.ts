@@ -34,6 +34,9 @@ const ACL_LOCK_KEY = 0;
 /** How long `pg_terminate_backend` waits for each session to exit. */
 const TERMINATE_WAIT_MS = 5_000;
 
+/** The privileges a sequence has (`aclexplode` names), the only words put into a REVOKE unquoted. */
+const SEQUENCE_PRIVILEGES = new Set(["USAGE", "SELECT", "UPDATE"]);
+
 const quoteIdent = pg.escapeIdentifier;
 const quoteLiteral = pg.escapeLiteral;
 
@@ -144,6 +147,26 @@ export const createPostgresAdapter: AdapterFactory = (rawOptions, context): Cred
     return Number(rows[0]?.lingering ?? 0);
   };
 
+  /**
+   * Revokes the role's privileges on sequences one privilege at a time. DROP OWNED revokes them
+   * like `REVOKE ALL`, which for a sequence the broker does not own fails with "permission
+   * denied for column tableoid" (it reaches column privileges the broker cannot grant).
+   */
+  const revokeSequencePrivileges = async (client: pg.PoolClient, role: string, roleOid: string) => {
+    const { rows } = await client.query<{ sequence: string; privilege: string }>(
+      `SELECT format('%I.%I', n.nspname, c.relname) AS sequence, acl.privilege_type AS privilege
+         FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         CROSS JOIN LATERAL aclexplode(c.relacl) AS acl
+        WHERE c.relkind = 'S' AND acl.grantee = $1::oid`,
+      [roleOid],
+    );
+    for (const { sequence, privilege } of rows) {
+      if (!SEQUENCE_PRIVILEGES.has(privilege)) continue;
+      await client.query(`REVOKE ${privilege} ON SEQUENCE ${sequence} FROM ${quoteIdent(role)}`);
+    }
+  };
+
   /** The templates of the granted scopes, in scope order, each once. */
   const templatesFor = (scopes: readonly string[]): string[] => {
     const templates: string[] = [];
@@ -181,6 +204,7 @@ export const createPostgresAdapter: AdapterFactory = (rawOptions, context): Cred
           }
           await client.query("BEGIN");
           await lockAcls(client);
+          await revokeSequencePrivileges(client, role, oid);
           await client.query(`REASSIGN OWNED BY ${quoteIdent(role)} TO ${reassignTo}`);
           await client.query(`DROP OWNED BY ${quoteIdent(role)}`);
           await client.query(`DROP ROLE IF EXISTS ${quoteIdent(role)}`);

@@ -28,6 +28,11 @@ const GRANTS = {
   write: [`GRANT USAGE ON SCHEMA ${S} TO {{role}}`, `GRANT INSERT, UPDATE ON ${S}.readable TO {{role}}`],
   reports: [`GRANT ${pg.escapeIdentifier(GROUP_ROLE)} TO {{role}}`],
   create: [`GRANT USAGE, CREATE ON SCHEMA ${S} TO {{role}}`],
+  append: [
+    `GRANT USAGE ON SCHEMA ${S} TO {{role}}`,
+    `GRANT INSERT ON ${S}.journal TO {{role}}`,
+    `GRANT USAGE ON SEQUENCE ${S}.journal_id_seq TO {{role}}`,
+  ],
 };
 
 function urlFor(database: string, user: string, password?: string): string {
@@ -149,6 +154,9 @@ describe("postgres adapter (real PostgreSQL)", () => {
     // The broker hands out only what it holds WITH GRANT OPTION; it holds nothing on "hidden".
     await admin.query(`GRANT USAGE, CREATE ON SCHEMA ${S} TO ${broker} WITH GRANT OPTION`);
     await admin.query(`GRANT SELECT, INSERT, UPDATE ON ${S}.readable TO ${broker} WITH GRANT OPTION`);
+    await admin.query(`CREATE TABLE ${S}.journal (id serial PRIMARY KEY, note text)`);
+    await admin.query(`GRANT INSERT ON ${S}.journal TO ${broker} WITH GRANT OPTION`);
+    await admin.query(`GRANT USAGE ON SEQUENCE ${S}.journal_id_seq TO ${broker} WITH GRANT OPTION`);
     const other = pg.escapeIdentifier(OTHER_SCHEMA);
     await otherDbAdmin.query(`CREATE SCHEMA ${other}`);
     await otherDbAdmin.query(`GRANT USAGE, CREATE ON SCHEMA ${other} TO PUBLIC`);
@@ -174,6 +182,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
         // granted; only the broker (their grantor) revokes them.
         if (role !== BROKER_ROLE) {
           await cleaner.query(`SET ROLE ${pg.escapeIdentifier(BROKER_ROLE)}`);
+          await cleaner.query(`REVOKE USAGE ON SEQUENCE ${S}.journal_id_seq FROM ${id}`);
           await cleaner.query(`DROP OWNED BY ${id}`).catch(() => undefined);
           await cleaner.query("RESET ROLE");
         }
@@ -428,6 +437,19 @@ describe("postgres adapter (real PostgreSQL)", () => {
         [SCHEMA, table],
       );
       expect(rows).to.deep.equal([{ tableowner: BROKER_ROLE }]);
+      expect(await rolesOf(request.leaseId)).to.deep.equal([]);
+    });
+
+    it("revokes sequence privileges the broker granted but does not own", async () => {
+      const created = adapter();
+      const request = issueRequest(["append"]);
+      const issued = await created.issue(request);
+      const session = await loginAs(issued.credential);
+      await session.query(`INSERT INTO ${S}.journal (note) VALUES ('by the agent')`);
+      await session.end();
+
+      await created.revoke({ leaseId: request.leaseId, resource: RESOURCE, handle: issued.handle });
+
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
     });
 
