@@ -1,4 +1,5 @@
-import { GcpAdapterError, redact, toAdapterError } from "./gcp-errors.ts";
+import { redactSecrets } from "../adapter-error-text.ts";
+import { GcpAdapterError, toAdapterError } from "./gcp-errors.ts";
 import type { AccessBoundaryRule } from "./gcp-options.ts";
 
 const ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token";
@@ -56,7 +57,7 @@ export async function exchangeForBoundedToken(options: {
       .join(": ");
     const transient = response.status >= 500 || response.status === 429;
     throw new GcpAdapterError(
-      `GCP STS token exchange failed (HTTP ${response.status}): ${redact(reason || "no error text", secrets).slice(0, 500)}`,
+      `GCP STS token exchange failed (HTTP ${response.status}): ${redactSecrets(reason || "no error text", secrets).slice(0, 500)}`,
       { permanent: !transient, status: typeof answer.error === "string" ? answer.error : undefined },
     );
   }

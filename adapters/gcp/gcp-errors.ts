@@ -1,3 +1,4 @@
+import { isTransientNetworkCode, redactSecrets } from "../adapter-error-text.ts";
 import { AdapterError } from "../types.ts";
 
 /** gRPC status codes as google-gax reports them (REST errors are mapped onto these), by name. */
@@ -31,21 +32,6 @@ const TRANSIENT_STATUSES = new Set([
   "UNAVAILABLE",
 ]);
 
-/** Socket-level failures: worth retrying. */
-const TRANSIENT_NETWORK_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "UND_ERR_CONNECT_TIMEOUT",
-  "UND_ERR_SOCKET",
-]);
-
 /** A failed Google call; `status` is Google's status name, e.g. `PERMISSION_DENIED`. */
 export class GcpAdapterError extends AdapterError {
   readonly status: string | undefined;
@@ -54,13 +40,6 @@ export class GcpAdapterError extends AdapterError {
     super(message, { permanent: options.permanent });
     this.status = options.status;
   }
-}
-
-/** Replaces every known secret in `text`. */
-export function redact(text: string, secrets: readonly string[]): string {
-  let out = text;
-  for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join("[redacted]");
-  return out;
 }
 
 /** Google's canonical status for an HTTP status, when the body does not say. */
@@ -122,13 +101,13 @@ export function toAdapterError(error: unknown, action: string, secrets: readonly
     const status = body?.status ?? STATUS_BY_HTTP[httpStatus] ?? `HTTP_${httpStatus}`;
     const transient =
       httpStatus >= 500 || httpStatus === 429 || httpStatus === 408 || TRANSIENT_STATUSES.has(status);
-    const text = redact(body?.message ?? rawText, secrets).slice(0, 500);
+    const text = redactSecrets(body?.message ?? rawText, secrets).slice(0, 500);
     return new GcpAdapterError(`GCP ${action} failed (HTTP ${httpStatus} ${status}): ${text}`, {
       permanent: !transient,
       status,
     });
   }
-  const text = redact(rawText, secrets).slice(0, 500);
+  const text = redactSecrets(rawText, secrets).slice(0, 500);
   const grpcStatus = typeof failure.code === "number" ? STATUS_NAMES[failure.code] : undefined;
   if (grpcStatus) {
     return new GcpAdapterError(`GCP ${action} failed (${grpcStatus}): ${text}`, {
@@ -138,7 +117,7 @@ export function toAdapterError(error: unknown, action: string, secrets: readonly
   }
   // fetch() reports socket failures as "fetch failed" with the code on its cause.
   const code = failure.code ?? (failure.cause as { code?: unknown } | undefined)?.code;
-  if (typeof code === "string" && TRANSIENT_NETWORK_CODES.has(code)) {
+  if (isTransientNetworkCode(code)) {
     return new GcpAdapterError(`GCP ${action} failed: ${code} (Google unreachable)`, { permanent: false });
   }
   // Credential lookups (ADC, metadata server), malformed answers: may clear up on retry.

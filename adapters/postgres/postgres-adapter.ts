@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
+import { redactSecrets } from "../adapter-error-text.ts";
 import type {
   AdapterError,
   AdapterFactory,
@@ -13,7 +14,7 @@ import type {
 } from "../types.ts";
 import { renderTemplate } from "./grant-templates.ts";
 import { leaseRoleComment, leaseRoleName, parseLeaseRoleComment } from "./lease-roles.ts";
-import { isUndefinedRole, PostgresAdapterError, redact, toAdapterError } from "./postgres-errors.ts";
+import { isUndefinedRole, PostgresAdapterError, toAdapterError } from "./postgres-errors.ts";
 import { PostgresAdapterOptions } from "./postgres-options.ts";
 import { scramSha256Verifier } from "./scram-verifier.ts";
 
@@ -94,7 +95,7 @@ export const createPostgresAdapter: AdapterFactory = (rawOptions, context): Cred
   pool.on("error", (error) =>
     logger.warn("postgres: idle broker connection failed", {
       resource,
-      error: redact(error.message, brokerSecrets),
+      error: redactSecrets(error.message, brokerSecrets),
     }),
   );
 

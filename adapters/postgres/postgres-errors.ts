@@ -1,17 +1,5 @@
+import { isTransientNetworkCode, redactSecrets } from "../adapter-error-text.ts";
 import { AdapterError } from "../types.ts";
-
-/** Socket-level failures that say nothing about the statement itself: worth retrying. */
-const TRANSIENT_NETWORK_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-]);
 
 /**
  * SQLSTATE classes (first two characters) that describe the request, the configuration or the
@@ -40,13 +28,6 @@ export function isUndefinedRole(error: unknown): boolean {
   return error instanceof PostgresAdapterError && UNDEFINED_ROLE.has(error.sqlState ?? "");
 }
 
-/** Replaces every known secret in `text`; server and driver messages may echo what they were sent. */
-export function redact(text: string, secrets: readonly string[]): string {
-  let out = text;
-  for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join("[redacted]");
-  return out;
-}
-
 /**
  * Maps a `pg` failure to an {@link AdapterError}. Connection errors, timeouts, server
  * shutdowns, lock and serialisation failures are transient; permission, syntax and
@@ -56,7 +37,7 @@ export function redact(text: string, secrets: readonly string[]): string {
 export function toAdapterError(error: unknown, action: string, secrets: readonly string[]): AdapterError {
   if (error instanceof AdapterError) return error;
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
-  const text = redact(typeof message === "string" ? message : String(error), secrets);
+  const text = redactSecrets(typeof message === "string" ? message : String(error), secrets);
   if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) {
     const permanent = PERMANENT_SQLSTATE_CLASSES.has(code.slice(0, 2));
     return new PostgresAdapterError(`PostgreSQL ${action} failed (SQLSTATE ${code}): ${text}`, {
@@ -64,7 +45,7 @@ export function toAdapterError(error: unknown, action: string, secrets: readonly
       sqlState: code,
     });
   }
-  if (typeof code === "string" && TRANSIENT_NETWORK_CODES.has(code)) {
+  if (isTransientNetworkCode(code)) {
     return new PostgresAdapterError(`PostgreSQL ${action} failed: ${code} (server unreachable)`, {
       permanent: false,
     });

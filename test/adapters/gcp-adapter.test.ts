@@ -1,16 +1,15 @@
 import { randomBytes } from "node:crypto";
-import { createServer } from "node:net";
-import { Writable } from "node:stream";
 import { expect } from "chai";
 import { OAuth2Client } from "google-auth-library";
-import winston from "winston";
+import type winston from "winston";
 import { ZodError } from "zod";
 import { createGcpAdapter } from "../../adapters/gcp/gcp-adapter.ts";
+import type { GcpAdapterError } from "../../adapters/gcp/gcp-errors.ts";
 import type { CredentialAdapter, IssueRequest } from "../../adapters/types.ts";
-import { AdapterError } from "../../adapters/types.ts";
 import { type Clock, ManualClock } from "../../broker/clock.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import { FakeGcpServer } from "../fakes/gcp-fake/fake-gcp-server.ts";
+import { capturingLogger, closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const RESOURCE = "gcp-reports";
@@ -44,42 +43,6 @@ function fixedTokenClient(token: string): OAuth2Client {
   const client = new OAuth2Client();
   client.setCredentials({ access_token: token, expiry_date: Date.now() + 3_600_000 });
   return client;
-}
-
-function capturingLogger(): { logger: winston.Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  return {
-    logger: winston.createLogger({
-      format: winston.format.json(),
-      transports: [new winston.transports.Stream({ stream })],
-    }),
-    lines,
-  };
-}
-
-async function expectAdapterError(promise: Promise<unknown>): Promise<AdapterError & { status?: string }> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).to.be.instanceOf(AdapterError);
-    return error as AdapterError;
-  }
-  expect.fail("expected an AdapterError");
-}
-
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === "string") throw new Error("no port");
-  return address.port;
 }
 
 function issueRequest(scopes: string[], now: number, ttlSeconds = 300): IssueRequest {
@@ -229,9 +192,11 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
     it("refuses a lease that ends in under a second, and an unknown scope, without calling Google", async () => {
       const before = fake.requests.length;
       const ended = issueRequest(["read"], clock.now(), 0);
-      expect((await expectAdapterError(gcpAdapter().issue(ended))).permanent).to.equal(true);
+      expect((await expectAdapterError<GcpAdapterError>(gcpAdapter().issue(ended))).permanent).to.equal(true);
       const unknown = issueRequest(["write"], clock.now());
-      expect((await expectAdapterError(gcpAdapter().issue(unknown))).permanent).to.equal(true);
+      expect((await expectAdapterError<GcpAdapterError>(gcpAdapter().issue(unknown))).permanent).to.equal(
+        true,
+      );
       expect(fake.requests.length).to.equal(before);
     });
   });
@@ -260,7 +225,7 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
     ];
     for (const testCase of cases) {
       it(testCase.name, async () => {
-        const error = await expectAdapterError(
+        const error = await expectAdapterError<GcpAdapterError>(
           gcpAdapter(testCase.adapterOptions).issue(issueRequest(["read"], clock.now(), testCase.ttl ?? 300)),
         );
         expect([error.status, error.permanent]).to.deep.equal([testCase.status, testCase.permanent]);
@@ -268,7 +233,7 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
     }
 
     it("an unknown broker token is UNAUTHENTICATED, permanent", async () => {
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<GcpAdapterError>(
         gcpAdapter({}, { token: "ya29.not-a-known-token" }).issue(issueRequest(["read"], clock.now())),
       );
       expect([error.status, error.permanent]).to.deep.equal(["UNAUTHENTICATED", true]);
@@ -281,7 +246,9 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
       it(`HTTP ${httpStatus} ${status} is transient and is not retried behind the broker's back`, async () => {
         fake.failNext({ endpoint: "generateAccessToken", httpStatus, status });
         const before = generateRequests().length;
-        const error = await expectAdapterError(gcpAdapter().issue(issueRequest(["read"], clock.now())));
+        const error = await expectAdapterError<GcpAdapterError>(
+          gcpAdapter().issue(issueRequest(["read"], clock.now())),
+        );
         expect([error.status, error.permanent]).to.deep.equal([status, false]);
         expect(generateRequests().length).to.equal(before + 1);
       });
@@ -294,14 +261,14 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
         status: "UNAVAILABLE",
         delayMs: 1_000,
       });
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<GcpAdapterError>(
         gcpAdapter({ requestTimeoutMs: 100 }).issue(issueRequest(["read"], clock.now())),
       );
       expect([error.status, error.permanent]).to.deep.equal([undefined, false]);
     });
 
     it("an unreachable endpoint is transient", async () => {
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<GcpAdapterError>(
         gcpAdapter({ apiEndpoint: `http://127.0.0.1:${await closedPort()}` }).issue(
           issueRequest(["read"], clock.now()),
         ),
@@ -314,9 +281,13 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
       const created = gcpAdapter({}, { logger });
       const issued = await created.issue(issueRequest(["read"], clock.now()));
       fake.failNext({ endpoint: "generateAccessToken", httpStatus: 403, status: "PERMISSION_DENIED" });
-      const error = await expectAdapterError(created.issue(issueRequest(["read"], clock.now())));
+      const error = await expectAdapterError<GcpAdapterError>(
+        created.issue(issueRequest(["read"], clock.now())),
+      );
       fake.failNext({ endpoint: "sts", httpStatus: 400, status: "invalid_grant" });
-      const stsError = await expectAdapterError(created.issue(issueRequest(["reports"], clock.now())));
+      const stsError = await expectAdapterError<GcpAdapterError>(
+        created.issue(issueRequest(["reports"], clock.now())),
+      );
       await created.revoke({ leaseId: newTestLeaseId(), resource: RESOURCE });
       const seen = [error.message, stsError.message, ...lines].join("\n");
       for (const secret of [
@@ -373,10 +344,12 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
 
     it("maps STS errors: invalid_grant permanent, 503 transient", async () => {
       fake.failNext({ endpoint: "sts", httpStatus: 400, status: "invalid_grant" });
-      const refused = await expectAdapterError(gcpAdapter().issue(issueRequest(["reports"], clock.now())));
+      const refused = await expectAdapterError<GcpAdapterError>(
+        gcpAdapter().issue(issueRequest(["reports"], clock.now())),
+      );
       expect([refused.status, refused.permanent]).to.deep.equal(["invalid_grant", true]);
       fake.failNext({ endpoint: "sts", httpStatus: 503, status: "temporarily_unavailable" });
-      const unavailable = await expectAdapterError(
+      const unavailable = await expectAdapterError<GcpAdapterError>(
         gcpAdapter().issue(issueRequest(["reports"], clock.now())),
       );
       expect(unavailable.permanent).to.equal(false);

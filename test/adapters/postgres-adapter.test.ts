@@ -1,13 +1,13 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
-import { createServer } from "node:net";
 import { expect } from "chai";
 import pg from "pg";
 import { ZodError } from "zod";
 import { createPostgresAdapter } from "../../adapters/postgres/postgres-adapter.ts";
+import type { PostgresAdapterError } from "../../adapters/postgres/postgres-errors.ts";
 import type { CredentialAdapter, IssuedCredential, IssueRequest } from "../../adapters/types.ts";
-import { AdapterError } from "../../adapters/types.ts";
 import { type Clock, ManualClock } from "../../broker/clock.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
+import { closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const POSTGRES_URL = process.env.JITKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -69,25 +69,6 @@ function scramVerifierMatches(verifier: string, password: string): boolean {
   const salted = pbkdf2Sync(password, Buffer.from(salt ?? "", "base64"), Number(iterations), 32, "sha256");
   const clientKey = createHmac("sha256", salted).update("Client Key").digest();
   return createHash("sha256").update(clientKey).digest("base64") === storedKey;
-}
-
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
-
-async function expectAdapterError(promise: Promise<unknown>): Promise<AdapterError & { sqlState?: string }> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).to.be.instanceOf(AdapterError);
-    return error as AdapterError;
-  }
-  expect.fail("expected an AdapterError");
 }
 
 /** Connects as the credential (through its `url`), or rejects with the server's error. */
@@ -327,7 +308,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
 
     it("refuses a scope without grants, creating nothing", async () => {
       const request = issueRequest(["read", "admin"]);
-      const error = await expectAdapterError(adapter().issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(adapter().issue(request));
       expect(error.permanent).to.equal(true);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
     });
@@ -337,7 +318,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
         grants: { read: [...GRANTS.read, `GRANT SELECT ON ${S}.no_such_table TO {{role}}`] },
       });
       const request = issueRequest(["read"]);
-      const error = await expectAdapterError(broken.issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(broken.issue(request));
       expect([error.permanent, error.sqlState]).to.deep.equal([true, "42P01"]);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
     });
@@ -345,7 +326,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
     it("maps a grant the broker may not give to a permanent permission error", async () => {
       const denied = adapter({ grants: { read: [`GRANT SELECT ON ${S}.hidden TO {{role}}`] } });
       const request = issueRequest(["read"]);
-      const error = await expectAdapterError(denied.issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(denied.issue(request));
       expect([error.permanent, error.sqlState]).to.deep.equal([true, "42501"]);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
     });
@@ -355,7 +336,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
         grants: { read: [`GRANT USAGE ON SCHEMA ${S} TO {{role}}; DROP TABLE ${S}.readable`] },
       });
       const request = issueRequest(["read"]);
-      const error = await expectAdapterError(twoStatements.issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(twoStatements.issue(request));
       expect([error.permanent, error.sqlState]).to.deep.equal([true, "42601"]);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
       expect((await admin.query(`SELECT count(*)::int AS n FROM ${S}.readable`)).rows[0].n).to.equal(2);
@@ -368,7 +349,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
         poolSize: 1,
       });
       const request = issueRequest(["read"]);
-      const error = await expectAdapterError(dying.issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(dying.issue(request));
       expect(error.permanent).to.equal(false);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
       expect(await dying.health()).to.deep.equal({ ok: true });
@@ -380,7 +361,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
         statementTimeoutMs: 100,
       });
       const request = issueRequest(["read"]);
-      const error = await expectAdapterError(slow.issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(slow.issue(request));
       expect([error.permanent, error.sqlState]).to.deep.equal([false, "57014"]);
       expect(await rolesOf(request.leaseId)).to.deep.equal([]);
     });
@@ -389,7 +370,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
       const clock = new ManualClock();
       const request = issueRequest(["read"], { now: clock.now(), ttlSeconds: 10 });
       clock.advance(20_000);
-      const error = await expectAdapterError(adapter({}, clock).issue(request));
+      const error = await expectAdapterError<PostgresAdapterError>(adapter({}, clock).issue(request));
       expect(error.permanent).to.equal(true);
     });
   });
@@ -461,7 +442,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
       await elsewhere.query(`CREATE TABLE ${pg.escapeIdentifier(OTHER_SCHEMA)}.stray (id int)`);
       const ended = new Promise<void>((resolve) => elsewhere.once("end", () => resolve()));
 
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<PostgresAdapterError>(
         created.revoke({ leaseId: request.leaseId, resource: RESOURCE, handle: issued.handle }),
       );
       expect([error.permanent, error.sqlState]).to.deep.equal([true, "2BP01"]);
@@ -531,7 +512,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
       const request = issueRequest(["read"]);
       const issued = await created.issue(request);
       await created.revoke({ leaseId: request.leaseId, resource: RESOURCE, handle: issued.handle });
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<PostgresAdapterError>(
         created.renew?.({ ...request, handle: issued.handle, expiresAt: new Date(Date.now() + 60_000) }) ??
           Promise.resolve(),
       );
@@ -651,11 +632,11 @@ describe("postgres adapter (real PostgreSQL)", () => {
       const health = await unreachable.health();
       expect(health.ok).to.equal(false);
       expect(health.detail).to.not.include(BROKER_PASSWORD);
-      const error = await expectAdapterError(unreachable.issue(issueRequest(["read"])));
+      const error = await expectAdapterError<PostgresAdapterError>(unreachable.issue(issueRequest(["read"])));
       expect(error.permanent).to.equal(false);
       expect(error.message).to.not.include(BROKER_PASSWORD);
       expect(error.cause).to.equal(undefined);
-      const revokeError = await expectAdapterError(
+      const revokeError = await expectAdapterError<PostgresAdapterError>(
         unreachable.revoke({ leaseId: newTestLeaseId(), resource: RESOURCE }),
       );
       expect(revokeError.permanent).to.equal(false);
@@ -663,7 +644,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
 
     it("reports a missing database as permanent", async () => {
       const missing = adapter({ connectionString: urlFor(`nodb_${TAG}`, BROKER_ROLE, BROKER_PASSWORD) });
-      const error = await expectAdapterError(missing.issue(issueRequest(["read"])));
+      const error = await expectAdapterError<PostgresAdapterError>(missing.issue(issueRequest(["read"])));
       expect([error.permanent, error.sqlState]).to.deep.equal([true, "3D000"]);
       expect(error.message).to.not.include(BROKER_PASSWORD);
     });
@@ -671,7 +652,7 @@ describe("postgres adapter (real PostgreSQL)", () => {
     it("never puts the minted password in an error", async () => {
       // A failing template after CREATE ROLE: the error must name neither password nor verifier.
       const failing = adapter({ grants: { read: [`GRANT SELECT ON ${S}.hidden TO {{role}}`] } });
-      const error = await expectAdapterError(failing.issue(issueRequest(["read"])));
+      const error = await expectAdapterError<PostgresAdapterError>(failing.issue(issueRequest(["read"])));
       expect(error.message).to.not.match(/SCRAM-SHA-256/);
     });
   });
