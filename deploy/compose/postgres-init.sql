@@ -17,3 +17,13 @@ CREATE TABLE orders (
 );
 INSERT INTO orders (customer, total_cents) VALUES ('acme', 12900), ('globex', 4500), ('initech', 31000);
 GRANT SELECT ON orders TO orders_readers;
+
+-- The login jitkey's own `postgres` adapter uses (resource orders-db-direct in jitkey.yaml):
+-- it creates one LOGIN role per lease and drops it when the lease ends.
+-- DEMO PASSWORD: it matches JITKEY_ORDERS_DB_URL in compose.yaml; change both outside a demo.
+CREATE ROLE jitkey WITH LOGIN CREATEROLE PASSWORD 'jitkey-demo-password';
+-- The read scope grants membership of orders_readers; PostgreSQL 16+ wants ADMIN OPTION for that.
+GRANT orders_readers TO jitkey WITH ADMIN OPTION;
+-- The write scope grants these directly; the broker may only hand out what it holds WITH GRANT OPTION.
+GRANT SELECT, INSERT ON orders TO jitkey WITH GRANT OPTION;
+GRANT USAGE ON SEQUENCE orders_id_seq TO jitkey WITH GRANT OPTION;

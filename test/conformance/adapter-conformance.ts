@@ -14,6 +14,8 @@ export interface ConformanceSubject {
    * looked up in the backend itself, not from the adapter. Empty when nothing is live.
    */
   findCreated(leaseId: string, issued?: IssuedCredential): Promise<string[]>;
+  /** Credential fields that are not secret and may appear in the handle (e.g. a database username). */
+  readonly publicFields?: readonly string[];
   /** Removes whatever the suite left behind. */
   cleanup?(): Promise<void>;
 }
@@ -82,7 +84,11 @@ export function describeAdapterConformance(name: string, setup: () => Promise<Co
       const request = issueRequest(subject, newTestLeaseId());
       const issued = await subject.adapter.issue(request);
       const secrets = Object.entries(issued.credential)
-        .filter(([field, value]) => typeof value === "string" && !["type", "expiresAt"].includes(field))
+        .filter(
+          ([field, value]) =>
+            typeof value === "string" &&
+            !["type", "expiresAt", ...(subject.publicFields ?? [])].includes(field),
+        )
         .map(([, value]) => value as string)
         .filter((value) => value.length >= 8);
       if (issued.handle) for (const secret of secrets) expect(issued.handle).to.not.include(secret);

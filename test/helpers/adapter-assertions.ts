@@ -1,0 +1,44 @@
+import { createServer } from "node:net";
+import { Writable } from "node:stream";
+import { expect } from "chai";
+import winston from "winston";
+import { AdapterError } from "../../adapters/types.ts";
+
+/** Awaits `promise` and returns the AdapterError it rejects with; fails the test otherwise. */
+export async function expectAdapterError<E extends AdapterError = AdapterError>(
+  promise: Promise<unknown>,
+): Promise<E> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).to.be.instanceOf(AdapterError);
+    return error as E;
+  }
+  expect.fail("expected an AdapterError");
+}
+
+/** A local TCP port nothing listens on (it was free a moment ago). */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (!address || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+/** A JSON logger whose lines a test can search for secrets. */
+export function capturingLogger(): { logger: winston.Logger; lines: string[] } {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  const logger = winston.createLogger({
+    format: winston.format.json(),
+    transports: [new winston.transports.Stream({ stream })],
+  });
+  return { logger, lines };
+}
