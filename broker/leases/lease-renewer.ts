@@ -42,7 +42,7 @@ export class LeaseRenewer {
     if (lease.status !== "active" || Date.parse(lease.expiresAt) <= now)
       return denied(new LeaseNotRenewableError(`lease ${lease.id} is not active`));
     const task = await this.deps.tasks.get(lease.taskId);
-    if (!task || task.status !== "approved" || Date.parse(task.expiresAt) <= now)
+    if (task?.status !== "approved" || Date.parse(task.expiresAt) <= now)
       return denied(new TaskClosedError(lease.taskId, task?.status ?? "missing"));
     const adapter = this.deps.adapters.get(lease.resource);
     if (!adapter?.renew || !adapter.capabilities.renewable)
