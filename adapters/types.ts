@@ -171,6 +171,8 @@ export interface AdapterLocks {
 export interface AdapterContext {
   /** The configured resource name. */
   readonly resource: string;
+  /** The scopes the resource declares: each must mean something to the adapter. */
+  readonly scopes: readonly string[];
   /** The broker's public issuer URL (the `iss` of broker-signed tokens). */
   readonly issuer: string;
   /** Broker-held signing keys, for adapters that sign credentials themselves. */

@@ -94,23 +94,39 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const keys = new RedisKeys(config.redis.prefix, undefined, config.redis.shards);
   const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
   const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
-  const signingKeys = await SigningKeyring.load({
-    keyFile: config.signing.keyFile,
-    generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
-    pemAlgorithm: config.signing.pemAlgorithm,
-  });
-  await checkShardCount(redis, keys);
-
-  const locks = new RedisLocks(redis, (name) => keys.lock(name));
+  let signingKeys: SigningKeyring;
   const adapters = new Map<string, CredentialAdapter>();
-  config.resources.forEach((resource, index) => {
-    const context: AdapterContext = { resource: resource.name, issuer, signingKeys, logger, clock, locks };
-    adapters.set(
-      resource.name,
-      options.adapters?.get(resource.name) ?? buildAdapter(resource, index, context),
-    );
-    if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
-  });
+  try {
+    signingKeys = await SigningKeyring.load({
+      keyFile: config.signing.keyFile,
+      generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
+      pemAlgorithm: config.signing.pemAlgorithm,
+    });
+    await checkShardCount(redis, keys);
+    const locks = new RedisLocks(redis, (name) => keys.lock(name));
+    config.resources.forEach((resource, index) => {
+      const context: AdapterContext = {
+        resource: resource.name,
+        scopes: resource.scopes,
+        issuer,
+        signingKeys,
+        logger,
+        clock,
+        locks,
+      };
+      adapters.set(
+        resource.name,
+        options.adapters?.get(resource.name) ?? buildAdapter(resource, index, context),
+      );
+      if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
+    });
+  } catch (error) {
+    // A broker that cannot start leaves nothing open behind it.
+    await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));
+    redis.disconnect();
+    queueConnection.disconnect();
+    throw error;
+  }
 
   const metrics = new Metrics({
     countLiveLeases: async () => {

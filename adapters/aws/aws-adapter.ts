@@ -1,5 +1,6 @@
 import { GetRolePolicyCommand, IAMClient, PutRolePolicyCommand } from "@aws-sdk/client-iam";
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from "@aws-sdk/client-sts";
+import { requireScopeMappings } from "../scope-mappings.ts";
 import type {
   AdapterFactory,
   AdapterHealth,
@@ -66,6 +67,7 @@ function decodePolicyDocument(document: string): string {
  */
 export const createAwsAdapter: AdapterFactory = (rawOptions, context): CredentialAdapter => {
   const options = AwsAdapterOptions.parse(rawOptions ?? {});
+  requireScopeMappings(context.scopes, options.scopes, "scopes");
   const { clock, logger } = context;
   const explicit = options.credentials;
   const credentials = explicit

@@ -1,5 +1,6 @@
 import { IAMCredentialsClient, type protos } from "@google-cloud/iam-credentials";
 import { type AuthClient, GoogleAuth } from "google-auth-library";
+import { requireScopeMappings } from "../scope-mappings.ts";
 import type {
   AdapterContext,
   AdapterHealth,
@@ -64,6 +65,7 @@ export function createGcpAdapter(
   dependencies: GcpAdapterDependencies = {},
 ): CredentialAdapter {
   const options = GcpAdapterOptions.parse(rawOptions ?? {});
+  requireScopeMappings(context.scopes, options.scopes, "scopes");
   const { clock } = context;
   const auth = new GoogleAuth({
     scopes: BROKER_SCOPES,

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { redactSecrets } from "../adapter-error-text.ts";
+import { requireScopeMappings } from "../scope-mappings.ts";
 import type {
   AdapterError,
   AdapterFactory,
@@ -70,6 +71,7 @@ function agentTarget(options: PostgresAdapterOptions): { host: string; port: num
  */
 export const createPostgresAdapter: AdapterFactory = (rawOptions, context): CredentialAdapter => {
   const options = PostgresAdapterOptions.parse(rawOptions ?? {});
+  requireScopeMappings(context.scopes, options.grants, "grants");
   const { clock, logger, resource } = context;
   const target = agentTarget(options);
   const brokerUrl = new URL(options.connectionString);

@@ -299,3 +299,34 @@ describe("broker process with a bad config file", () => {
     expect(stderr).to.not.include("    at ");
   });
 });
+
+describe("adapter scope mappings at start-up", () => {
+  it("refuses a resource scope the adapter's options say nothing about, naming the field", async () => {
+    const { createBroker } = await import("../../broker/broker.ts");
+    const { uniquePrefix, testRedisUrl } = await import("../helpers/redis.ts");
+    const config = parseConfig({
+      redis: { url: testRedisUrl(), prefix: uniquePrefix("scope-map") },
+      identity: {
+        audience: "jitkey",
+        issuers: [{ name: "ci", issuer: "https://ci.test", jwks: { keys: [{ kty: "EC" }] } }],
+      },
+      resources: [
+        {
+          name: "orders-db",
+          adapter: "postgres",
+          classification: "internal",
+          scopes: ["read", "write"],
+          maxTtlSeconds: 600,
+          options: {
+            connectionString: "postgres://jitkey@127.0.0.1:5432/test",
+            grants: { read: ["GRANT SELECT ON orders TO {{role}}"] },
+          },
+        },
+      ],
+    });
+    let error: unknown;
+    await createBroker(config).catch((e: unknown) => (error = e));
+    expect((error as Error).name).to.equal("ConfigError");
+    expect((error as Error).message).to.include("resources.0.options.grants.write");
+  });
+});

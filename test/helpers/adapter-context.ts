@@ -24,6 +24,8 @@ export class LocalLocks implements AdapterLocks {
  */
 export function testAdapterContext(options: {
   resource: string;
+  /** The resource's declared scopes; default none (nothing to check at start-up). */
+  scopes?: readonly string[];
   signingKeys?: SigningKeyring;
   logger?: Logger;
   clock?: Clock;
@@ -32,6 +34,7 @@ export function testAdapterContext(options: {
   const lockPrefix = uniquePrefix("locks");
   return {
     resource: options.resource,
+    scopes: options.scopes ?? [],
     issuer: "https://jitkey.test",
     // Only the jwt adapter signs; others never touch the keyring.
     signingKeys: options.signingKeys ?? (undefined as unknown as SigningKeyring),
