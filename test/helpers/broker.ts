@@ -48,6 +48,8 @@ export interface TestBrokerOptions {
   /** Reuse a prefix (a second broker over the same state). */
   prefix?: string;
   issuer?: TestIssuer;
+  /** Adapters for further resources of `config`, by resource name (adapters under test, on fakes). */
+  adapters?: ReadonlyMap<string, CredentialAdapter>;
 }
 
 /** A broker over real Redis with a unique prefix, a test issuer, operators and adapters. */
@@ -147,7 +149,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
     logger,
     clock: options.clock,
     issuer: "http://jitkey.test",
-    adapters: new Map<string, CredentialAdapter>([["records", recording]]),
+    adapters: new Map<string, CredentialAdapter>([["records", recording], ...(options.adapters ?? [])]),
   });
   const worker =
     options.workers === false
