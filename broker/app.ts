@@ -72,8 +72,8 @@ function systemRouter(broker: Broker): Router {
       .send(await broker.metrics.registry.metrics());
   });
 
-  router.get("/.well-known/jwks.json", (_req, res) => {
-    res.set("Cache-Control", "public, max-age=300").json(broker.signingKeys.publicJwks());
+  router.get("/.well-known/jwks.json", async (_req, res) => {
+    res.set("Cache-Control", "public, max-age=300").json(await broker.publishedKeys.jwks());
   });
 
   router.get("/openapi.json", (_req, res) => {

@@ -31,6 +31,7 @@ import { Metrics } from "./metrics.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import { PolicyEngine } from "./policy/policy-engine.ts";
 import { connectRedis, RedisKeys } from "./redis.ts";
+import { PublishedKeys } from "./signing/published-keys.ts";
 import { AtomicWriter } from "./store/atomic-write.ts";
 import { RecordStore } from "./store/record-store.ts";
 import type { Task } from "./tasks/task.ts";
@@ -62,6 +63,8 @@ export interface Broker {
   readonly policy: PolicyEngine;
   readonly adapters: ReadonlyMap<string, CredentialAdapter>;
   readonly signingKeys: SigningKeyring;
+  /** Every broker process's public keys, published in Redis. */
+  readonly publishedKeys: PublishedKeys;
   readonly verifier: IdentityVerifier;
   readonly principals: PrincipalTokens;
   readonly tasks: TaskService;
@@ -196,6 +199,14 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     audit,
     clock,
   });
+  const publishedKeys = new PublishedKeys({
+    redis,
+    key: keys.publishedKeys,
+    local: signingKeys,
+    clock,
+    keepSeconds: config.signing.publishedKeySeconds,
+  });
+  await publishedKeys.start();
   const events = new LiveEvents({ redis, channel: keys.eventsChannel, logger });
   const tasks = new TaskService({
     redis,
@@ -273,7 +284,17 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     taskStore,
     revoker,
     revocations,
-    introspection: new Introspection({ redis, keys, issuer, signingKeys, states, audit, metrics, clock }),
+    introspection: new Introspection({
+      redis,
+      keys,
+      issuer,
+      verifyKey: publishedKeys.verifyKey,
+      states,
+      audit,
+      metrics,
+      clock,
+    }),
+    publishedKeys,
     queue,
     sweeper,
     events,
@@ -305,6 +326,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       return worker as unknown as Worker;
     },
     async close() {
+      publishedKeys.stop();
       await Promise.allSettled([sweeper.stop(), notifications.stop(), events.close()]);
       await Promise.allSettled(workers.map((worker) => worker.close()));
       await Promise.allSettled([queue.close(), deliveries.close()]);

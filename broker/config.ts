@@ -134,7 +134,12 @@ export const ConfigSchema = z
       .prefault({}),
     data: z.object({ dir: z.string().default(".jitkey") }).prefault({}),
     signing: z
-      .object({ keyFile: z.string().optional(), pemAlgorithm: z.enum(SIGNING_ALGORITHMS).default("ES256") })
+      .object({
+        keyFile: z.string().optional(),
+        pemAlgorithm: z.enum(SIGNING_ALGORITHMS).default("ES256"),
+        /** How long a broker's public keys stay published after it was last seen (longer than any lease). */
+        publishedKeySeconds: seconds.default(2 * 86_400),
+      })
       .prefault({}),
     identity: z.object({
       audience: z.string().min(1),

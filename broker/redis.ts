@@ -71,6 +71,10 @@ export class RedisKeys {
   revocation(id: string): string {
     return `${this.base}:revocation:{${id}}`;
   }
+  /** Every broker process's public signing keys (kid → JWK and when last seen). */
+  get publishedKeys(): string {
+    return `${this.base}:jwks`;
+  }
   /** Pub/sub channel of live events (task decisions, revocations) for waiting clients. */
   get eventsChannel(): string {
     return `${this.base}:events`;

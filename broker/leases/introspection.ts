@@ -1,7 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
-import { createLocalJWKSet, type JWTPayload, jwtVerify } from "jose";
-import type { SigningKeyring } from "../../adapters/jwt/signing-keys.ts";
+import { type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import { actorOf, type IntrospectorPrincipal, type OperatorPrincipal } from "../identity/principal.ts";
@@ -56,7 +55,6 @@ const VERIFIED_CACHE_SIZE = 10_000;
  * minute per lease).
  */
 export class Introspection {
-  readonly #keys;
   readonly #verified = new Map<string, JWTPayload>();
 
   constructor(
@@ -64,15 +62,14 @@ export class Introspection {
       redis: Redis | Cluster;
       keys: RedisKeys;
       issuer: string;
-      signingKeys: SigningKeyring;
+      /** Every broker's public keys: a credential another broker signed verifies here too. */
+      verifyKey: JWTVerifyGetKey;
       states: LeaseStates;
       audit: AuditLog;
       metrics: Metrics;
       clock: Clock;
     },
-  ) {
-    this.#keys = createLocalJWKSet(deps.signingKeys.publicJwks());
-  }
+  ) {}
 
   async introspect(
     token: string,
@@ -135,7 +132,7 @@ export class Introspection {
       this.#verified.delete(hash);
     }
     try {
-      const { payload } = await jwtVerify(token, this.#keys, {
+      const { payload } = await jwtVerify(token, this.deps.verifyKey, {
         issuer: this.deps.issuer,
         algorithms: ["ES256", "EdDSA"],
         currentDate: new Date(now),

@@ -41,7 +41,7 @@ export interface TestBrokerOptions {
   /** Name used in the unique Redis prefix. */
   name: string;
   /** Merged over the default test config before validation. */
-  config?: (raw: Record<string, unknown>) => void;
+  config?: (raw: Record<string, unknown>) => void | Promise<void>;
   /** Start revocation workers in-process (default true). */
   workers?: boolean;
   clock?: Clock;
@@ -139,7 +139,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
   const raw = defaultTestConfig(issuer, { operator: operatorToken, introspector: introspectorToken });
   raw.redis = { url: testRedisUrl(), prefix };
   raw.data = { dir: await dataDir() };
-  options.config?.(raw);
+  await options.config?.(raw);
   const config = parseConfig(raw, "test config");
   const redis = testRedis();
   const recording = new RecordingAdapter(redis, `${prefix}:recording`);
