@@ -12,6 +12,7 @@ import { RevocationQueue } from "../jobs/queues.ts";
 import { Reconciler } from "../jobs/reconciler.ts";
 import { type RevocationWorkerOptions, startRevocationWorker } from "../jobs/revoke.worker.ts";
 import { AuditLog } from "./audit/audit-log.ts";
+import { AuditSealer } from "./audit/audit-seal.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
 import { LiveEvents } from "./events/live-events.ts";
@@ -80,6 +81,8 @@ export interface Broker {
   readonly events: LiveEvents;
   readonly notifications: NotificationDispatcher;
   readonly reconciler: Reconciler;
+  /** Extends the audit hash chains, signs checkpoints, verifies the trail. */
+  readonly sealer: AuditSealer;
   readonly dev: import("./dev-mode.ts").DevModeSecrets | undefined;
   /** Starts revocation workers and the due sweeper in this process and schedules the reconciler. */
   startWorkers(options?: Partial<RevocationWorkerOptions> & { sweep?: boolean }): Promise<Worker>;
@@ -98,6 +101,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
   const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
   let signingKeys: SigningKeyring;
+  const locks = new RedisLocks(redis, (name) => keys.lock(name));
   const adapters = new Map<string, CredentialAdapter>();
   try {
     signingKeys = await SigningKeyring.load({
@@ -106,7 +110,6 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       pemAlgorithm: config.signing.pemAlgorithm,
     });
     await checkShardCount(redis, keys);
-    const locks = new RedisLocks(redis, (name) => keys.lock(name));
     config.resources.forEach((resource, index) => {
       const context: AdapterContext = {
         resource: resource.name,
@@ -242,6 +245,16 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     revocation: config.revocation,
     retention: config.retention,
   });
+  const sealer = new AuditSealer({
+    redis,
+    keys,
+    issuer,
+    signingKey: signingKeys.keyFor("ES256"),
+    verifyKey: publishedKeys.verifyKey,
+    locks,
+    clock,
+    retentionMs: config.retention.auditDays * 86_400_000,
+  });
   const sweeper = new DueSweeper({
     redis,
     keys,
@@ -300,10 +313,11 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     events,
     notifications,
     reconciler,
+    sealer,
     dev: options.dev,
     async startWorkers({ sweep = true, ...workerOptions } = {}) {
       const worker = startRevocationWorker(
-        { connection: queueConnection, prefix: keys.queuePrefix, revoker, tasks, reconciler, logger },
+        { connection: queueConnection, prefix: keys.queuePrefix, revoker, tasks, reconciler, sealer, logger },
         { concurrency: config.revocation.concurrency, ...workerOptions },
       );
       workers.push(worker);
@@ -323,6 +337,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       }
       if (sweep) sweeper.start();
       await queue.scheduleReconciler(config.revocation.reconcileIntervalSeconds * 1000);
+      await queue.scheduleSealing(config.audit.sealIntervalSeconds * 1000);
       return worker as unknown as Worker;
     },
     async close() {

@@ -180,6 +180,12 @@ export const ConfigSchema = z
         auditDays: z.number().min(1).default(30),
       })
       .prefault({}),
+    audit: z
+      .object({
+        /** How often the sealing job extends the hash chain and signs a checkpoint. */
+        sealIntervalSeconds: seconds.max(3600).default(5),
+      })
+      .prefault({}),
     log: z.object({ level: z.enum(["error", "warn", "info", "debug"]).default("info") }).prefault({}),
     notifications: z
       .object({

@@ -151,6 +151,14 @@ export class ShardKeys {
   get audit(): string {
     return `${this.tag}:audit`;
   }
+  /** Where the shard's hash chain stands: last sealed event id, its link, events sealed. */
+  get auditSeal(): string {
+    return `${this.tag}:audit-seal`;
+  }
+  /** Signed checkpoints of the shard's hash chain. */
+  get auditCheckpoints(): string {
+    return `${this.tag}:audit-checkpoints`;
+  }
   /** Ids of a task's audit events (its leases' events included). */
   auditOfTask(taskId: string): string {
     return `${this.tag}:audit-task:${taskId}`;

@@ -15,6 +15,8 @@ export interface JobPayloads {
   "expire-tasks": { taskIds: string[] };
   /** Periodic upkeep: adapter orphan sweeps and retention trims. */
   reconcile: Record<string, never>;
+  /** Extends the audit hash chains and signs checkpoints. */
+  "seal-audit": Record<string, never>;
 }
 export type JobName = keyof JobPayloads;
 export type JobData = JobPayloads[JobName];
@@ -62,6 +64,15 @@ export class RevocationQueue {
       "reconcile",
       { every: everyMs },
       { name: "reconcile", data: {}, opts: { removeOnComplete: true, removeOnFail: 100 } },
+    );
+  }
+
+  /** Seals the audit trail every `everyMs`: one job at a time, on whichever worker picks it up. */
+  async scheduleSealing(everyMs: number): Promise<void> {
+    await this.queue.upsertJobScheduler(
+      "seal-audit",
+      { every: everyMs },
+      { name: "seal-audit", data: {}, opts: { removeOnComplete: true, removeOnFail: 100 } },
     );
   }
 

@@ -1,6 +1,7 @@
 import { UnrecoverableError, Worker } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "winston";
+import type { AuditSealer } from "../broker/audit/audit-seal.ts";
 import type { LeaseRevoker } from "../broker/leases/lease-revoker.ts";
 import type { TaskService } from "../broker/tasks/task-service.ts";
 import { isJob, type JobData, type JobName, REVOCATION_QUEUE, type RevocationJob } from "./queues.ts";
@@ -24,6 +25,7 @@ export function startRevocationWorker(
     revoker: LeaseRevoker;
     tasks: TaskService;
     reconciler: Reconciler;
+    sealer: Pick<AuditSealer, "sealAll">;
     logger: Logger;
   },
   options: RevocationWorkerOptions,
@@ -36,6 +38,7 @@ export function startRevocationWorker(
       return { expired };
     }
     if (isJob(job, "reconcile")) return deps.reconciler.run();
+    if (isJob(job, "seal-audit")) return { sealed: await deps.sealer.sealAll() };
     throw new UnrecoverableError(`unknown job ${job.name}`);
   };
   const worker = new Worker<JobData, unknown, JobName>(REVOCATION_QUEUE, process, {

@@ -164,6 +164,28 @@ const routes: RouteDoc[] = [
   },
   {
     method: "get",
+    path: "/v1/audit/verify",
+    summary: "Recompute the audit hash chains and check them against the signed checkpoints",
+    who: ["operator"],
+    status: 200,
+    response: z.union([
+      z.object({ ok: z.literal(true), events: z.number(), checkpoints: z.number(), unsealed: z.number() }),
+      z.object({ ok: z.literal(false), brokenAt: z.string(), reason: z.string(), events: z.number() }),
+    ]),
+  },
+  {
+    method: "get",
+    path: "/v1/audit/export",
+    summary: "The whole audit trail with its signed checkpoints and the broker's public keys, as JSON Lines",
+    who: ["operator"],
+    status: 200,
+    response: z
+      .string()
+      .describe("application/x-ndjson: a header line, then per shard its checkpoints and events"),
+    responseType: "application/x-ndjson",
+  },
+  {
+    method: "get",
     path: "/v1/events",
     summary:
       "Server-Sent Events: task_pending, task_approved, task_denied, task_completed, task_expired, task_revoked, lease_revoked, lease_revoke_failed as they happen; Last-Event-ID resumes",

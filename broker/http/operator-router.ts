@@ -1,4 +1,5 @@
 import { Router } from "express";
+import { exportAudit } from "../audit/audit-export.ts";
 import type { Broker } from "../broker.ts";
 import type { NotificationEvent } from "../config.ts";
 import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
@@ -63,6 +64,33 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
     }
     for (const live of buffered) send(live);
     buffered = undefined;
+  });
+
+  router.get("/audit/verify", async (req, res) => {
+    await auth.operator(req);
+    res.set("Cache-Control", "no-store").json(await broker.sealer.verify());
+  });
+
+  router.get("/audit/export", async (req, res) => {
+    await auth.operator(req);
+    res.status(200).set({
+      "Content-Type": "application/x-ndjson; charset=utf-8",
+      "Cache-Control": "no-store",
+      "Content-Disposition": 'attachment; filename="jitkey-audit.jsonl"',
+    });
+    const lines = exportAudit({
+      sealer: broker.sealer,
+      keys: broker.keys,
+      issuer: broker.issuer,
+      jwks: await broker.publishedKeys.jwks(),
+      firstSealedId: async (shard) =>
+        (await broker.redis.hget(broker.keys.shard(shard).auditSeal, "firstId")) ?? undefined,
+      now: new Date(broker.clock.now()),
+    });
+    for await (const line of lines) {
+      if (!res.write(`${JSON.stringify(line)}\n`)) await new Promise((resolve) => res.once("drain", resolve));
+    }
+    res.end();
   });
 
   router.get("/audit", async (req, res) => {

@@ -179,7 +179,7 @@ describe("invariant: the lease and its revoke job exist before the adapter issue
       seen = {
         lease: await t.broker.leaseStore.get(request.leaseId),
         dueAt: await t.redis.zscore(t.broker.keys.forId(request.leaseId).liveLeases, request.leaseId),
-        jobs: (await t.broker.queue.queue.getDelayed()).filter((job) => job.name !== "reconcile").length,
+        jobs: (await t.broker.queue.queue.getDelayed()).filter((job) => job.name === "settle-leases").length,
       };
     };
     try {
