@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { startTestBroker, type TestBroker, type TestBrokerOptions } from "../helpers/broker.ts";
+import type { TestIssuer } from "../helpers/identity.ts";
 import { ROOT } from "../helpers/process.ts";
 
 /** The built CLI, as `npm install` would run it. */
@@ -125,4 +126,48 @@ export async function identityTokenFile(t: TestBroker, dir: string, subject: str
 /** The payload of a JWT, unverified (the test reads what the broker put in it). */
 export function jwtPayload(token: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8"));
+}
+
+/**
+ * A stand-in for the GitHub Actions runner's OIDC token endpoint: checks the bearer request
+ * token, signs an identity token for the job with the audience asked for, answers `{value}`.
+ */
+export class ActionsTokenEndpoint {
+  static readonly REQUEST_TOKEN = "gha-request-token-for-tests";
+  readonly requests: { authorization?: string; audience: string | null; apiVersion: string | null }[] = [];
+  private server: Server | undefined;
+  url = "";
+
+  constructor(
+    private readonly issuer: TestIssuer,
+    private readonly subject: string,
+  ) {}
+
+  async start(): Promise<void> {
+    this.server = createServer(async (req, res) => {
+      const url = new URL(req.url ?? "/", "http://runner");
+      const audience = url.searchParams.get("audience");
+      this.requests.push({
+        authorization: req.headers.authorization,
+        audience,
+        apiVersion: url.searchParams.get("api-version"),
+      });
+      if (req.headers.authorization !== `Bearer ${ActionsTokenEndpoint.REQUEST_TOKEN}`) {
+        res.writeHead(401, { "Content-Type": "application/json" }).end('{"message":"Bad credentials"}');
+        return;
+      }
+      const value = await this.issuer.token(this.subject, {
+        audience: audience ?? "https://github.com/acme",
+      });
+      res
+        .writeHead(200, { "Content-Type": "application/json" })
+        .end(JSON.stringify({ count: value.length, value }));
+    });
+    await new Promise<void>((resolve) => this.server?.listen(0, "127.0.0.1", resolve));
+    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/_apis/token?api-version=2.0`;
+  }
+
+  async stop(): Promise<void> {
+    if (this.server) await closeServer(this.server);
+  }
 }

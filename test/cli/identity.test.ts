@@ -1,12 +1,10 @@
 import { readFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { expect } from "chai";
 import {
+  ActionsTokenEndpoint,
   buildOnce,
   cli,
-  closeServer,
   FIXTURES,
   type HttpTestBroker,
   startHttpBroker,
@@ -14,48 +12,7 @@ import {
 } from "./cli-harness.ts";
 
 const RECORD = join(FIXTURES, "record-env.mjs");
-const REQUEST_TOKEN = "gha-request-token-for-tests";
-
-/**
- * A stand-in for the GitHub Actions runner's OIDC token endpoint: checks the bearer request
- * token, signs an identity token for the job with the audience asked for, answers `{value}`.
- */
-class ActionsTokenEndpoint {
-  readonly requests: { authorization?: string; audience: string | null; apiVersion: string | null }[] = [];
-  private server: Server | undefined;
-  url = "";
-
-  constructor(private readonly t: HttpTestBroker) {}
-
-  async start(): Promise<void> {
-    this.server = createServer(async (req, res) => {
-      const url = new URL(req.url ?? "/", "http://runner");
-      const audience = url.searchParams.get("audience");
-      this.requests.push({
-        authorization: req.headers.authorization,
-        audience,
-        apiVersion: url.searchParams.get("api-version"),
-      });
-      if (req.headers.authorization !== `Bearer ${REQUEST_TOKEN}`) {
-        res.writeHead(401, { "Content-Type": "application/json" }).end('{"message":"Bad credentials"}');
-        return;
-      }
-      const value = await this.t.issuer.token("repo:acme/app:ref:refs/heads/main", {
-        audience: audience ?? "https://github.com/acme",
-      });
-      res
-        .writeHead(200, { "Content-Type": "application/json" })
-        .end(JSON.stringify({ count: value.length, value }));
-    });
-    await new Promise<void>((resolve) => this.server?.listen(0, "127.0.0.1", resolve));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/_apis/token?api-version=2.0`;
-  }
-
-  async stop(): Promise<void> {
-    if (this.server) await closeServer(this.server);
-  }
-}
-
+const REQUEST_TOKEN = ActionsTokenEndpoint.REQUEST_TOKEN;
 describe("cli: identity from CI", () => {
   let t: HttpTestBroker;
   let endpoint: ActionsTokenEndpoint;
@@ -65,7 +22,7 @@ describe("cli: identity from CI", () => {
     this.timeout(60_000);
     await buildOnce();
     t = await startHttpBroker({ name: "cli-identity" });
-    endpoint = new ActionsTokenEndpoint(t);
+    endpoint = new ActionsTokenEndpoint(t.issuer, "repo:acme/app:ref:refs/heads/main");
     await endpoint.start();
     dir = await tempDir();
   });
