@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { chmod, readFile, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -24,7 +24,7 @@ const GITHUB_SUBJECT = "repo:acme/app:ref:refs/heads/main";
 const GITLAB_SUBJECT = "project_path:acme/app:ref_type:branch:ref:main";
 
 /**
- * The resource server the CI examples publish to: it asks the broker (RFC 7662) whether the
+ * The resource server the examples call: it asks the broker (RFC 7662) whether the
  * bearer token is live and for `write`, and records what it received.
  */
 class ReportsApi {
@@ -45,8 +45,13 @@ class ReportsApi {
         .send({ token });
       const { active, scope } = introspection.body as { active: boolean; scope?: string };
       this.received.push({ active, scope, body: Buffer.concat(chunks).toString("utf8"), token });
-      const allowed = req.method === "POST" && req.url === "/v1/reports" && active && scope === "write";
-      res.writeHead(allowed ? 201 : 403, { "Content-Type": "application/json" }).end("{}");
+      const scopes = scope?.split(" ") ?? [];
+      const publish = req.method === "POST" && scopes.includes("write");
+      const read = req.method === "GET" && scopes.includes("read");
+      const allowed = req.url === "/v1/reports" && active && (publish || read);
+      res
+        .writeHead(allowed ? (publish ? 201 : 200) : 403, { "Content-Type": "application/json" })
+        .end(read && allowed ? JSON.stringify([{ id: 1, title: "open tickets" }]) : "{}");
     });
     await new Promise<void>((resolve) => this.server?.listen(0, "127.0.0.1", resolve));
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
@@ -57,7 +62,7 @@ class ReportsApi {
   }
 }
 
-describe("cli: the CI examples in docs/ci work as written", () => {
+describe("docs: the CI and library examples work as written", () => {
   let t: HttpTestBroker;
   let gitlab: TestIssuer;
   let actions: ActionsTokenEndpoint;
@@ -84,7 +89,7 @@ describe("cli: the CI examples in docs/ci work as written", () => {
           name: "ci-publish-reports",
           agents: [`ci:${GITHUB_SUBJECT}`, `gitlab:${GITLAB_SUBJECT}`],
           resources: ["reports-api"],
-          scopes: ["write"],
+          scopes: ["read", "write"],
           maxClassification: "internal",
           autoApprove: true,
           maxTtlSeconds: 600,
@@ -115,11 +120,16 @@ describe("cli: the CI examples in docs/ci work as written", () => {
     const [call] = reports.received;
     expect(call).to.include({ active: true, scope: "write" });
     expect(call?.body).to.equal(await readFile(join(workdir, "out", "report.json"), "utf8"));
+    await becomesInactive(call?.token as string);
+  }
+
+  /** Waits until introspection answers `active: false` for `token`: its lease was revoked. */
+  async function becomesInactive(token: string): Promise<void> {
     await eventually(async () => {
       const res = await t.http
         .post("/v1/introspect")
         .set("Authorization", `Bearer ${t.introspectorToken}`)
-        .send({ token: call?.token });
+        .send({ token });
       return res.body.active === false;
     });
   }
@@ -175,5 +185,28 @@ describe("cli: the CI examples in docs/ci work as written", () => {
     // The runner runs script lines in one shell that stops at the first failure.
     await promisify(execFile)("sh", ["-e", "-c", (job.script as string[]).join("\n")], { cwd: workdir, env });
     await expectPublished(workdir);
+  });
+
+  it("docs/client.md: the withTask example reads reports with a credential that ends with the task", async () => {
+    const doc = await readFile(join(ROOT, "docs", "client.md"), "utf8");
+    const block = /<!-- example:start -->\n```ts\n([\s\S]*?)```\n<!-- example:end -->/.exec(doc)?.[1];
+    expect(block, "the example block in docs/client.md").to.be.a("string");
+    // Inside the package directory, so `jitkey/client` resolves through the package's exports.
+    const dir = join(ROOT, "dist", "doc-examples");
+    await mkdir(dir, { recursive: true });
+    const script = join(dir, "with-task.mjs");
+    await writeFile(script, block as string);
+    const { stdout } = await promisify(execFile)(process.execPath, [script], {
+      cwd: ROOT,
+      env: cleanEnv({
+        JITKEY_URL: t.url,
+        JITKEY_IDENTITY_TOKEN: await t.issuer.token(GITHUB_SUBJECT),
+        REPORTS_API_URL: reports.url,
+      }),
+    });
+    expect(JSON.parse(stdout)).to.deep.equal([{ id: 1, title: "open tickets" }]);
+    expect(reports.received).to.have.length(1);
+    expect(reports.received[0]).to.include({ active: true, scope: "read" });
+    await becomesInactive(reports.received[0]?.token as string);
   });
 });
