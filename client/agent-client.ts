@@ -1,4 +1,5 @@
 import { TaskClosedError } from "./errors.ts";
+import { completeTask, readLease, readTask, releaseLease } from "./shared-routes.ts";
 import { BrokerTransport, type RetryOptions, type TokenSource } from "./transport.ts";
 import type { Credential, Lease, MintedLease, Task, TaskRequest } from "./types.ts";
 import { waitForTask } from "./wait-for-approval.ts";
@@ -90,16 +91,8 @@ export class JitkeyClient {
    * Reads a task. With `waitSeconds` (at most 60) a broker that supports long polling holds
    * the answer until the task is no longer pending or the time is up.
    */
-  async getTask(taskId: string, options: { waitSeconds?: number; signal?: AbortSignal } = {}): Promise<Task> {
-    const { task } = await this.#http.send<{ task: Task }>({
-      method: "GET",
-      path: `/v1/tasks/${encodeURIComponent(taskId)}`,
-      query: { waitSeconds: options.waitSeconds },
-      holdSeconds: options.waitSeconds,
-      signal: options.signal,
-      idempotent: true,
-    });
-    return task;
+  getTask(taskId: string, options: { waitSeconds?: number; signal?: AbortSignal } = {}): Promise<Task> {
+    return readTask(this.#http, taskId, options);
   }
 
   /**
@@ -129,23 +122,13 @@ export class JitkeyClient {
   }
 
   /** Reads a lease (never its secret). */
-  async getLease(leaseId: string): Promise<Lease> {
-    const { lease } = await this.#http.send<{ lease: Lease }>({
-      method: "GET",
-      path: `/v1/leases/${encodeURIComponent(leaseId)}`,
-      idempotent: true,
-    });
-    return lease;
+  getLease(leaseId: string): Promise<Lease> {
+    return readLease(this.#http, leaseId);
   }
 
   /** Releases a lease early: it is revoked now. Releasing twice is harmless. */
-  async release(leaseId: string): Promise<Lease> {
-    const { lease } = await this.#http.send<{ lease: Lease }>({
-      method: "DELETE",
-      path: `/v1/leases/${encodeURIComponent(leaseId)}`,
-      idempotent: true,
-    });
-    return lease;
+  release(leaseId: string): Promise<Lease> {
+    return releaseLease(this.#http, leaseId);
   }
 
   /**
@@ -154,12 +137,8 @@ export class JitkeyClient {
    * @throws TaskClosedError when the task had already ended (also when a retry finds the
    *   completion the lost answer reported).
    */
-  async complete(taskId: string): Promise<{ task: Task; revoking: number }> {
-    return this.#http.send<{ task: Task; revoking: number }>({
-      method: "POST",
-      path: `/v1/tasks/${encodeURIComponent(taskId)}/complete`,
-      idempotent: true,
-    });
+  complete(taskId: string): Promise<{ task: Task; revoking: number }> {
+    return completeTask(this.#http, taskId);
   }
 
   /**

@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
+import { completeTask, readLease, readTask, releaseLease } from "./shared-routes.ts";
 import { BrokerTransport, type RetryOptions } from "./transport.ts";
 import type { AuditEvent, Lease, LeaseStatus, Revocation, Task, TaskStatus } from "./types.ts";
 
@@ -68,13 +69,8 @@ export class JitkeyOperatorClient {
     return tasks;
   }
 
-  async getTask(taskId: string): Promise<Task> {
-    const { task } = await this.#http.send<{ task: Task }>({
-      method: "GET",
-      path: `/v1/tasks/${encodeURIComponent(taskId)}`,
-      idempotent: true,
-    });
-    return task;
+  getTask(taskId: string): Promise<Task> {
+    return readTask(this.#http, taskId);
   }
 
   /** Approves a pending task. */
@@ -98,12 +94,8 @@ export class JitkeyOperatorClient {
   }
 
   /** Completes a task on its agent's behalf: every lease of it is revoked. */
-  async completeTask(taskId: string): Promise<{ task: Task; revoking: number }> {
-    return this.#http.send({
-      method: "POST",
-      path: `/v1/tasks/${encodeURIComponent(taskId)}/complete`,
-      idempotent: true,
-    });
+  completeTask(taskId: string): Promise<{ task: Task; revoking: number }> {
+    return completeTask(this.#http, taskId);
   }
 
   async listLeases(
@@ -124,13 +116,13 @@ export class JitkeyOperatorClient {
     return leases;
   }
 
-  async getLease(leaseId: string): Promise<Lease> {
-    const { lease } = await this.#http.send<{ lease: Lease }>({
-      method: "GET",
-      path: `/v1/leases/${encodeURIComponent(leaseId)}`,
-      idempotent: true,
-    });
-    return lease;
+  getLease(leaseId: string): Promise<Lease> {
+    return readLease(this.#http, leaseId);
+  }
+
+  /** Releases one lease now, as `jitkey revoke --lease` does without ending its task. */
+  release(leaseId: string): Promise<Lease> {
+    return releaseLease(this.#http, leaseId);
   }
 
   /**

@@ -83,6 +83,11 @@ export const leaseCommand: Command = {
         if (signals.received) return signalExitCode(signals.received);
         throw error;
       }
+      if (signals.received) {
+        // Interrupted while minting: nobody will capture these credentials, so end them now.
+        if (created) await completeAndReport(client, task, progress);
+        return signalExitCode(signals.received);
+      }
       writeCredentials(io.stdout, format, task, minted);
       progress.say(
         `task ${task.id} stays open: run \`jitkey complete ${task.id}\` when done (else it ends at ${task.expiresAt})`,

@@ -111,6 +111,23 @@ export async function cli(
   return { code, stdout: run.stdout(), stderr: run.stderr() };
 }
 
+/** A task as the operator reads it through the API. */
+export async function taskAsOperator(
+  t: TestBroker,
+  taskId: string,
+): Promise<{ id: string; status: string; agentId: string; goal: string }> {
+  const res = await t.http
+    .get(`/v1/tasks/${taskId}`)
+    .set("Authorization", `Bearer ${t.operatorToken}`)
+    .expect(200);
+  return res.body.task;
+}
+
+/** `jitkey run` arguments for one resource, with the identity in a token file. */
+export function runArgs(resource: string, tokenFile: string, ...command: string[]): string[] {
+  return ["run", "--resource", resource, "--identity-token-file", tokenFile, "--", ...command];
+}
+
 /** A fresh temporary directory. */
 export function tempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), "jitkey-cli-"));

@@ -8,6 +8,7 @@ import {
   FIXTURES,
   type HttpTestBroker,
   startHttpBroker,
+  taskAsOperator,
   tempDir,
 } from "./cli-harness.ts";
 
@@ -61,12 +62,7 @@ describe("cli: identity from CI", () => {
       apiVersion: "2.0",
     });
     const { env } = JSON.parse(await readFile(out, "utf8")) as { env: Record<string, string> };
-    const task = (
-      await t.http
-        .get(`/v1/tasks/${env.JITKEY_TASK_ID}`)
-        .set("Authorization", `Bearer ${t.operatorToken}`)
-        .expect(200)
-    ).body.task;
+    const task = await taskAsOperator(t, env.JITKEY_TASK_ID as string);
     expect(task.agentId).to.equal("ci:repo:acme/app:ref:refs/heads/main");
     expect(task.goal)
       .to.include("acme/app")
@@ -116,12 +112,7 @@ describe("cli: identity from CI", () => {
     });
     expect(run.code, run.stderr).to.equal(0);
     const { env } = JSON.parse(await readFile(out, "utf8")) as { env: Record<string, string> };
-    const task = (
-      await t.http
-        .get(`/v1/tasks/${env.JITKEY_TASK_ID}`)
-        .set("Authorization", `Bearer ${t.operatorToken}`)
-        .expect(200)
-    ).body.task;
+    const task = await taskAsOperator(t, env.JITKEY_TASK_ID as string);
     expect(task.agentId).to.equal("ci:repo:acme/gitlab-app");
     expect(task.goal).to.include("pipeline 77").and.include("https://gitlab.example/acme/app/-/jobs/991");
   });

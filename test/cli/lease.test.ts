@@ -12,6 +12,7 @@ import {
   type HttpTestBroker,
   jwtPayload,
   startHttpBroker,
+  taskAsOperator,
   tempDir,
 } from "./cli-harness.ts";
 
@@ -33,9 +34,6 @@ describe("cli: jitkey lease and jitkey complete", () => {
     JITKEY_URL: t.url,
     JITKEY_IDENTITY_TOKEN: await t.agentToken(subject),
   });
-  const taskOf = async (taskId: string) =>
-    (await t.http.get(`/v1/tasks/${taskId}`).set("Authorization", `Bearer ${t.operatorToken}`).expect(200))
-      .body.task;
 
   it("prints the credentials as JSON, leaves the task open, and `jitkey complete` revokes its leases", async () => {
     const env = await agentEnv("repo:acme/lease-json");
@@ -51,12 +49,12 @@ describe("cli: jitkey lease and jitkey complete", () => {
     expect(printed.env.JITKEY_TASK_ID).to.equal(printed.task.id);
     expect(lease.stderr, "the secret goes to stdout only").to.not.include(minted?.credential.token);
     expect(lease.stderr).to.include(`jitkey complete ${printed.task.id}`);
-    expect((await taskOf(printed.task.id)).status).to.equal("approved");
+    expect((await taskAsOperator(t, printed.task.id)).status).to.equal("approved");
 
     const done = await cli(["complete", printed.task.id], env);
     expect(done.code, done.stderr).to.equal(0);
     expect(done.stdout).to.include("1 lease revoking");
-    expect((await taskOf(printed.task.id)).status).to.equal("completed");
+    expect((await taskAsOperator(t, printed.task.id)).status).to.equal("completed");
     await leaseReaches(t, minted?.lease.id as string, "revoked");
     const again = await cli(["complete", printed.task.id], env);
     expect(again.code, "completing an ended task is task_closed").to.equal(3);

@@ -13,8 +13,10 @@ import {
   type HttpTestBroker,
   identityTokenFile,
   jwtPayload,
+  runArgs,
   startCli,
   startHttpBroker,
+  taskAsOperator,
   tempDir,
 } from "./cli-harness.ts";
 
@@ -46,9 +48,7 @@ describe("cli: jitkey run", () => {
 
   const env = (extra: Record<string, string> = {}) => ({ JITKEY_URL: t.url, ...extra });
   const operatorEnv = () => env({ JITKEY_OPERATOR_TOKEN: t.operatorToken });
-  const taskStatus = async (taskId: string) =>
-    (await t.http.get(`/v1/tasks/${taskId}`).set("Authorization", `Bearer ${t.operatorToken}`).expect(200))
-      .body.task.status as string;
+  const taskStatus = async (taskId: string) => (await taskAsOperator(t, taskId)).status;
 
   async function pendingTaskOf(agentId: string): Promise<string> {
     return eventually(async () => {
@@ -64,21 +64,7 @@ describe("cli: jitkey run", () => {
   it("runs the command with the credential in its environment only, completes the task and exits 0", async () => {
     const tokenFile = await identityTokenFile(t, dir, subject("auto"));
     const out = join(dir, "ok.json");
-    const run = await cli(
-      [
-        "run",
-        "--resource",
-        "demo-api:read",
-        "--identity-token-file",
-        tokenFile,
-        "--",
-        process.execPath,
-        RECORD,
-        out,
-        "0",
-      ],
-      env(),
-    );
+    const run = await cli(runArgs("demo-api:read", tokenFile, process.execPath, RECORD, out, "0"), env());
     expect(run.code, run.stderr).to.equal(0);
     const recorded = JSON.parse(await readFile(out, "utf8")) as Recorded;
     const token = recorded.env.JITKEY_DEMO_API_TOKEN as string;
@@ -99,21 +85,7 @@ describe("cli: jitkey run", () => {
   it("exits with the command's own status when it fails, and still completes the task", async () => {
     const tokenFile = await identityTokenFile(t, dir, subject("auto"));
     const out = join(dir, "fail.json");
-    const run = await cli(
-      [
-        "run",
-        "--resource",
-        "demo-api:read",
-        "--identity-token-file",
-        tokenFile,
-        "--",
-        process.execPath,
-        RECORD,
-        out,
-        "7",
-      ],
-      env(),
-    );
+    const run = await cli(runArgs("demo-api:read", tokenFile, process.execPath, RECORD, out, "7"), env());
     expect(run.code).to.equal(7);
     const recorded = JSON.parse(await readFile(out, "utf8")) as Recorded;
     expect(await taskStatus(recorded.env.JITKEY_TASK_ID as string)).to.equal("completed");
@@ -123,18 +95,7 @@ describe("cli: jitkey run", () => {
   it("exits 127 when the command does not exist, and completes the task", async () => {
     const agent = subject("auto");
     const tokenFile = await identityTokenFile(t, dir, agent);
-    const run = await cli(
-      [
-        "run",
-        "--resource",
-        "demo-api:read",
-        "--identity-token-file",
-        tokenFile,
-        "--",
-        join(dir, "no-such-program"),
-      ],
-      env(),
-    );
+    const run = await cli(runArgs("demo-api:read", tokenFile, join(dir, "no-such-program")), env());
     expect(run.code).to.equal(127);
     const taskId = /created task (\S+)/.exec(run.stderr)?.[1] as string;
     expect(await taskStatus(taskId)).to.equal("completed");
@@ -143,20 +104,7 @@ describe("cli: jitkey run", () => {
   it("exits 3 without running the command when policy denies the task", async () => {
     const tokenFile = await identityTokenFile(t, dir, subject("auto"));
     const out = join(dir, "denied.json");
-    const run = await cli(
-      [
-        "run",
-        "--resource",
-        "demo-api:write",
-        "--identity-token-file",
-        tokenFile,
-        "--",
-        process.execPath,
-        RECORD,
-        out,
-      ],
-      env(),
-    );
+    const run = await cli(runArgs("demo-api:write", tokenFile, process.execPath, RECORD, out), env());
     expect(run.code).to.equal(3);
     expect(run.stderr).to.include("policy_denied");
     expect(existsSync(out)).to.equal(false);
@@ -198,20 +146,7 @@ describe("cli: jitkey run", () => {
     const agent = subject("manual");
     const tokenFile = await identityTokenFile(t, dir, agent);
     const out = join(dir, "denied-by-operator.json");
-    const run = startCli(
-      [
-        "run",
-        "--resource",
-        "demo-api:read",
-        "--identity-token-file",
-        tokenFile,
-        "--",
-        process.execPath,
-        RECORD,
-        out,
-      ],
-      env(),
-    );
+    const run = startCli(runArgs("demo-api:read", tokenFile, process.execPath, RECORD, out), env());
     const taskId = await pendingTaskOf(`ci:${agent}`);
     const deny = await cli(["deny", taskId, "--note", "not now"], operatorEnv());
     expect(deny.code, deny.stderr).to.equal(0);
@@ -247,20 +182,7 @@ describe("cli: jitkey run", () => {
     it(`on ${signal} passes the signal to the command, completes the task, revokes its leases and exits 128+N`, async () => {
       const tokenFile = await identityTokenFile(t, dir, subject("auto"));
       const out = join(dir, `signal-${signal}.json`);
-      const run = startCli(
-        [
-          "run",
-          "--resource",
-          "demo-api:read",
-          "--identity-token-file",
-          tokenFile,
-          "--",
-          process.execPath,
-          WAIT,
-          out,
-        ],
-        env(),
-      );
+      const run = startCli(runArgs("demo-api:read", tokenFile, process.execPath, WAIT, out), env());
       const recorded = await eventually(async () =>
         existsSync(out) ? (JSON.parse(await readFile(out, "utf8")) as Recorded) : undefined,
       );
@@ -277,10 +199,7 @@ describe("cli: jitkey run", () => {
   it("on SIGTERM while waiting for approval withdraws the task and exits 143", async () => {
     const agent = subject("manual");
     const tokenFile = await identityTokenFile(t, dir, agent);
-    const run = startCli(
-      ["run", "--resource", "demo-api:read", "--identity-token-file", tokenFile, "--", "true"],
-      env(),
-    );
+    const run = startCli(runArgs("demo-api:read", tokenFile, "true"), env());
     const taskId = await pendingTaskOf(`ci:${agent}`);
     run.child.kill("SIGTERM");
     expect((await run.exited).code).to.equal(143);
@@ -289,10 +208,9 @@ describe("cli: jitkey run", () => {
 
   it("exits 5 when the broker is unreachable", async () => {
     const tokenFile = await identityTokenFile(t, dir, subject("auto"));
-    const run = await cli(
-      ["run", "--resource", "demo-api:read", "--identity-token-file", tokenFile, "--", "true"],
-      { JITKEY_URL: `http://127.0.0.1:${await closedPort()}` },
-    );
+    const run = await cli(runArgs("demo-api:read", tokenFile, "true"), {
+      JITKEY_URL: `http://127.0.0.1:${await closedPort()}`,
+    });
     expect(run.code).to.equal(5);
     expect(run.stderr).to.include("broker_unreachable");
   });
@@ -301,10 +219,7 @@ describe("cli: jitkey run", () => {
     const stranger = await TestIssuer.create("ci", "ES256", "https://issuer.test/stranger");
     const out = join(dir, "stranger.jwt");
     await writeFile(out, await stranger.token("repo:acme/app"));
-    const run = await cli(
-      ["run", "--resource", "demo-api:read", "--identity-token-file", out, "--", "true"],
-      env(),
-    );
+    const run = await cli(runArgs("demo-api:read", out, "true"), env());
     expect(run.code).to.equal(4);
     expect(run.stderr).to.include("unauthenticated");
   });

@@ -26,6 +26,7 @@ import {
 import { leaseReaches } from "../helpers/flows.ts";
 import { TestIssuer } from "../helpers/identity.ts";
 import { eventually } from "../helpers/redis.ts";
+import { rejection } from "./rejection.ts";
 
 describe("client: JitkeyClient and JitkeyOperatorClient", () => {
   let t: HttpTestBroker;
@@ -49,15 +50,6 @@ describe("client: JitkeyClient and JitkeyOperatorClient", () => {
 
   /** Thrown by a callback, to be told apart from anything the client throws. */
   class CallbackFailure extends Error {}
-
-  async function rejection(promise: Promise<unknown>): Promise<unknown> {
-    try {
-      await promise;
-    } catch (error) {
-      return error;
-    }
-    throw new Error("expected a rejection");
-  }
 
   it("withTask mints inside the callback, returns its value and completes the task", async () => {
     let taskId = "";

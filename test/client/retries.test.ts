@@ -8,6 +8,7 @@ import {
 } from "../../client/index.ts";
 import { type HttpTestBroker, startHttpBroker } from "../cli/cli-harness.ts";
 import { FlakyProxy } from "./flaky-proxy.ts";
+import { rejection } from "./rejection.ts";
 
 const TASK = /^\/v1\/tasks\/[^/]+$/;
 const TASKS = /^\/v1\/tasks$/;
@@ -38,15 +39,6 @@ describe("client: retries only where repeating is safe", () => {
     await t?.close();
   });
   beforeEach(() => proxy.reset());
-
-  async function rejection(promise: Promise<unknown>): Promise<unknown> {
-    try {
-      await promise;
-    } catch (error) {
-      return error;
-    }
-    throw new Error("expected a rejection");
-  }
 
   it("retries a GET after a 503 and after a dropped connection", async () => {
     const task = await client.createTask({ goal: "read", resources: readDemo });
