@@ -112,20 +112,24 @@ describe("cli: operator commands", () => {
       ["audit", "--agent", agent.agentId, "--follow", "--interval", "1", "--output", "json"],
       env(),
     );
-    const taskId = await createTask(t, agent, { approve: false });
-    await eventually(async () => follow.stdout().includes(`"taskId":"${taskId}"`), 10_000);
-    await t.http.post(`/v1/tasks/${taskId}/approve`).set(operatorHeaders(t)).send({}).expect(200);
-    const types = await eventually(async () => {
-      const seen = follow
-        .stdout()
-        .trim()
-        .split("\n")
-        .map((line) => (JSON.parse(line) as { type: string }).type);
-      return seen.includes("task_approved") ? seen : undefined;
-    }, 10_000);
-    expect(types).to.deep.equal(["task_created", "task_approved"]);
-    follow.child.kill("SIGINT");
-    expect((await follow.exited).code).to.equal(0);
+    try {
+      const taskId = await createTask(t, agent, { approve: false });
+      await eventually(async () => follow.stdout().includes(`"taskId":"${taskId}"`), 10_000);
+      await t.http.post(`/v1/tasks/${taskId}/approve`).set(operatorHeaders(t)).send({}).expect(200);
+      const types = await eventually(async () => {
+        const seen = follow
+          .stdout()
+          .trim()
+          .split("\n")
+          .map((line) => (JSON.parse(line) as { type: string }).type);
+        return seen.includes("task_approved") ? seen : undefined;
+      }, 10_000);
+      expect(types).to.deep.equal(["task_created", "task_approved"]);
+      follow.child.kill("SIGINT");
+      expect((await follow.exited).code).to.equal(0);
+    } finally {
+      if (follow.child.exitCode === null) follow.child.kill("SIGKILL");
+    }
   });
 
   it("exits 4 without an operator token or with a wrong one", async () => {

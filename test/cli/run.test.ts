@@ -7,6 +7,7 @@ import { TestIssuer } from "../helpers/identity.ts";
 import { eventually } from "../helpers/redis.ts";
 import {
   buildOnce,
+  type CliProcess,
   cli,
   closedPort,
   FIXTURES,
@@ -26,6 +27,8 @@ const WAIT = join(FIXTURES, "wait-for-signal.mjs");
 interface Recorded {
   argv: string[];
   env: Record<string, string>;
+  /** Set by wait-for-signal.mjs. */
+  pid?: number;
 }
 
 describe("cli: jitkey run", () => {
@@ -45,6 +48,31 @@ describe("cli: jitkey run", () => {
   after(async () => {
     await t?.close();
   });
+
+  /** Processes a failed test may leave running: jitkey and the long-running command it started. */
+  const leftovers: { cli: CliProcess[]; commands: number[] } = { cli: [], commands: [] };
+  afterEach(() => {
+    for (const run of leftovers.cli.splice(0)) if (run.child.exitCode === null) run.child.kill("SIGKILL");
+    for (const pid of leftovers.commands.splice(0)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone, as it should be.
+      }
+    }
+  });
+  const started = (run: CliProcess) => {
+    leftovers.cli.push(run);
+    return run;
+  };
+  /** Waits for the command to record what it got; remembers a waiting command's pid for cleanup. */
+  const recordedBy = (out: string) =>
+    eventually(async () => {
+      if (!existsSync(out)) return undefined;
+      const recorded = JSON.parse(await readFile(out, "utf8")) as Recorded;
+      if (recorded.pid) leftovers.commands.push(recorded.pid);
+      return recorded;
+    });
 
   const env = (extra: Record<string, string> = {}) => ({ JITKEY_URL: t.url, ...extra });
   const operatorEnv = () => env({ JITKEY_OPERATOR_TOKEN: t.operatorToken });
@@ -114,21 +142,23 @@ describe("cli: jitkey run", () => {
     const agent = subject("manual");
     const tokenFile = await identityTokenFile(t, dir, agent);
     const out = join(dir, "approved.json");
-    const run = startCli(
-      [
-        "run",
-        "--resource",
-        "demo-api:read,write",
-        "--identity-token-file",
-        tokenFile,
-        "--goal",
-        "ship release 1.4",
-        "--",
-        process.execPath,
-        RECORD,
-        out,
-      ],
-      env(),
+    const run = started(
+      startCli(
+        [
+          "run",
+          "--resource",
+          "demo-api:read,write",
+          "--identity-token-file",
+          tokenFile,
+          "--goal",
+          "ship release 1.4",
+          "--",
+          process.execPath,
+          RECORD,
+          out,
+        ],
+        env(),
+      ),
     );
     const taskId = await pendingTaskOf(`ci:${agent}`);
     await eventually(async () => run.stderr().includes(`jitkey approve ${taskId} --broker ${t.url}`));
@@ -146,7 +176,7 @@ describe("cli: jitkey run", () => {
     const agent = subject("manual");
     const tokenFile = await identityTokenFile(t, dir, agent);
     const out = join(dir, "denied-by-operator.json");
-    const run = startCli(runArgs("demo-api:read", tokenFile, process.execPath, RECORD, out), env());
+    const run = started(startCli(runArgs("demo-api:read", tokenFile, process.execPath, RECORD, out), env()));
     const taskId = await pendingTaskOf(`ci:${agent}`);
     const deny = await cli(["deny", taskId, "--note", "not now"], operatorEnv());
     expect(deny.code, deny.stderr).to.equal(0);
@@ -182,10 +212,8 @@ describe("cli: jitkey run", () => {
     it(`on ${signal} passes the signal to the command, completes the task, revokes its leases and exits 128+N`, async () => {
       const tokenFile = await identityTokenFile(t, dir, subject("auto"));
       const out = join(dir, `signal-${signal}.json`);
-      const run = startCli(runArgs("demo-api:read", tokenFile, process.execPath, WAIT, out), env());
-      const recorded = await eventually(async () =>
-        existsSync(out) ? (JSON.parse(await readFile(out, "utf8")) as Recorded) : undefined,
-      );
+      const run = started(startCli(runArgs("demo-api:read", tokenFile, process.execPath, WAIT, out), env()));
+      const recorded = await recordedBy(out);
       // Only jitkey gets the signal (not the process group): the command hears of it from jitkey.
       run.child.kill(signal);
       const { code } = await run.exited;
@@ -196,10 +224,28 @@ describe("cli: jitkey run", () => {
     });
   }
 
+  it("when jitkey itself is SIGKILLed, the task's TTL still ends the lease", async () => {
+    const tokenFile = await identityTokenFile(t, dir, subject("auto"));
+    const out = join(dir, "sigkill.json");
+    const run = started(
+      startCli(
+        ["run", "--ttl", "2", ...runArgs("demo-api:read", tokenFile, process.execPath, WAIT, out).slice(1)],
+        env(),
+      ),
+    );
+    const recorded = await recordedBy(out);
+    run.child.kill("SIGKILL");
+    // The orphaned command holds jitkey's output pipes open: end it too, as a dying runner would.
+    process.kill(recorded.pid as number, "SIGKILL");
+    expect((await run.exited).signal).to.equal("SIGKILL");
+    const lease = await leaseReaches(t, recorded.env.JITKEY_DEMO_API_LEASE_ID as string, "revoked", 10_000);
+    expect(lease.revokeReason).to.equal("expired");
+  });
+
   it("on SIGTERM while waiting for approval withdraws the task and exits 143", async () => {
     const agent = subject("manual");
     const tokenFile = await identityTokenFile(t, dir, agent);
-    const run = startCli(runArgs("demo-api:read", tokenFile, "true"), env());
+    const run = started(startCli(runArgs("demo-api:read", tokenFile, "true"), env()));
     const taskId = await pendingTaskOf(`ci:${agent}`);
     run.child.kill("SIGTERM");
     expect((await run.exited).code).to.equal(143);
