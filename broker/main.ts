@@ -1,5 +1,7 @@
 #!/usr/bin/env node
+import { realpathSync } from "node:fs";
 import { createServer, type Server } from "node:http";
+import { fileURLToPath } from "node:url";
 import { createApp } from "./app.ts";
 import { createBroker } from "./broker.ts";
 import { type Config, ConfigError, loadConfigFile, publicUrl } from "./config.ts";
@@ -118,8 +120,25 @@ function announceDevMode(url: string, dev: DevModeSecrets): void {
   );
 }
 
-main(process.argv.slice(2)).catch((error) => {
-  const what = error instanceof ConfigError ? "invalid configuration" : "failed to start";
-  process.stderr.write(`jitkey: ${what}: ${(error as Error).message}\n`);
-  process.exit(1);
-});
+/**
+ * Runs a server command (`[]`, `["serve"]`, `["worker"]`); exits 1 when it cannot start.
+ * The `jitkey` dispatcher (cli/main.ts) calls it; so does running this file directly.
+ */
+export function runServer(argv: string[]): void {
+  main(argv).catch((error) => {
+    const what = error instanceof ConfigError ? "invalid configuration" : "failed to start";
+    process.stderr.write(`jitkey: ${what}: ${(error as Error).message}\n`);
+    process.exit(1);
+  });
+}
+
+/** True when node was started on this file (npm start), false when it is imported. */
+function isEntryPoint(): boolean {
+  try {
+    return !!process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) runServer(process.argv.slice(2));
