@@ -61,7 +61,7 @@ describe("tamper-evident audit: hash chain, signed checkpoints, verify, export",
     const entries = await t.redis.xrange(shard().audit, "-", "+");
     const [segmentStart] = entries.find(([id]) => compareStreamIds(id, sealedUpTo) > 0) as [string, string[]];
     // Someone with Redis access rewrites the stream with one record changed, ids kept.
-    await rewrite(shard().audit, (id, json) =>
+    await rewrite(shard().audit, (_id, json) =>
       json.includes(taskId) && json.includes("task_created")
         ? json.replace("Reconcile the ledger", "Nothing to see")
         : json,
