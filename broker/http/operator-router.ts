@@ -18,7 +18,7 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
         : error;
     });
     const { token } = validate(IntrospectBody, req.body);
-    res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, actorOf(caller)));
+    res.json(await broker.introspection.introspect(token, actorOf(caller)));
   });
 
   router.get("/audit", async (req, res) => {
@@ -38,7 +38,7 @@ export function devRouter(broker: Broker, auth: Authenticator): Router {
     if (!dev) throw new Error("dev router mounted without dev mode");
     const { agent, ttlSeconds } = validate(DevAgentTokenBody, req.body);
     const token = await dev.issueAgentToken(agent, ttlSeconds);
-    res.set("Cache-Control", "no-store").json({ agentId: `dev:${agent}`, token });
+    res.json({ agentId: `dev:${agent}`, token });
   });
   return router;
 }
