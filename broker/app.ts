@@ -103,7 +103,7 @@ const refuseUnknownBodyTypes: RequestHandler = (req, _res, next) => {
 
 function systemRouter(broker: Broker, health: RedisHealth): Router {
   const router = Router();
-  const openapi = buildOpenApi(broker.issuer);
+  const openapi = buildOpenApi(broker.issuer, { devMode: Boolean(broker.config.devMode && broker.dev) });
 
   router.get("/healthz", (_req, res) => {
     res.json({ status: "ok" });
