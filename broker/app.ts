@@ -21,7 +21,7 @@ export function createApp(broker: Broker): Express {
   app.disable("x-powered-by");
   app.set("trust proxy", broker.config.http.trustProxy);
   app.set("query parser", "simple");
-  const health = new RedisHealth({ api: broker.redis, queue: broker.queueConnection });
+  const health = new RedisHealth({ api: broker.redis, queue: broker.queueConnection }, broker.logger);
 
   app.use((req, res, next) => {
     const requestId = newId("req");

@@ -79,7 +79,8 @@ export class SlidingWindowLimiter {
       count,
       reached: count >= limit,
       exceeded: count > limit,
-      retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
+      // At `waitMs` the estimate equals the limit, still reached: the answer is the next whole second.
+      retryAfterSeconds: Math.max(1, Math.floor(waitMs / 1000) + 1),
     };
   }
 }

@@ -1,5 +1,6 @@
 import type { RequestHandler, Response } from "express";
 import type { Redis } from "ioredis";
+import type { Logger } from "winston";
 import { UnavailableError } from "../errors.ts";
 
 /** ioredis's ways of saying a command never reached Redis or never came back. */
@@ -30,8 +31,9 @@ export class RedisHealth {
   readonly #lost = new Set<string>();
   readonly #onLost = new Set<() => void>();
 
-  constructor(connections: Record<string, Redis>) {
+  constructor(connections: Record<string, Redis>, logger?: Logger) {
     for (const [name, client] of Object.entries(connections)) {
+      let reported = false;
       const lose = () => {
         const wasUp = this.#lost.size === 0;
         this.#lost.add(name);
@@ -40,7 +42,19 @@ export class RedisHealth {
       if (client.status === "close" || client.status === "end" || client.status === "reconnecting") lose();
       client.on("close", lose);
       client.on("end", lose);
-      client.on("ready", () => this.#lost.delete(name));
+      client.on("ready", () => {
+        if (this.#lost.delete(name) && reported) logger?.warn("redis connection is back", { connection: name });
+        reported = false;
+      });
+      // ioredis reports every failed reconnect; one line per outage and connection is enough.
+      client.on("error", (error: Error) => {
+        if (reported) return;
+        reported = true;
+        logger?.warn("redis connection failed; answering 503 until it is back", {
+          connection: name,
+          error: error.message,
+        });
+      });
     }
   }
 
