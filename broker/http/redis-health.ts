@@ -43,7 +43,8 @@ export class RedisHealth {
       client.on("close", lose);
       client.on("end", lose);
       client.on("ready", () => {
-        if (this.#lost.delete(name) && reported) logger?.warn("redis connection is back", { connection: name });
+        if (this.#lost.delete(name) && reported)
+          logger?.warn("redis connection is back", { connection: name });
         reported = false;
       });
       // ioredis reports every failed reconnect; one line per outage and connection is enough.
