@@ -32,6 +32,9 @@ const TRANSPORT_MESSAGES: Record<string, string> = {
 function transportError(error: unknown): InvalidRequestError | undefined {
   const status = (error as { status?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode;
   if (typeof status !== "number" || status < 400 || status > 499) return undefined;
+  // Only what the body parsers (http-errors, `expose`) and Express's path decoding raise: a 4xx
+  // `status` on anything else is some library's detail, and stays a 500 so the bug is seen.
+  if ((error as { expose?: unknown }).expose !== true && !(error instanceof URIError)) return undefined;
   const type = (error as { type?: unknown }).type;
   const zlibCode = (error as { code?: unknown }).code;
   let message = typeof type === "string" ? TRANSPORT_MESSAGES[type] : undefined;

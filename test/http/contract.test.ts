@@ -6,6 +6,7 @@ import { expect } from "chai";
 import type { Response } from "supertest";
 import { buildOpenApi } from "../../broker/http/openapi.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { CONTRACT_ERROR_CODES } from "../helpers/contract.ts";
 import { ROOT } from "../helpers/process.ts";
 import { eventually } from "../helpers/redis.ts";
 
@@ -325,20 +326,7 @@ describe("contract: docs/api.md documents exactly the routes of the OpenAPI docu
 
   it("lists every error code the broker answers with", async () => {
     const markdown = await readFile(join(ROOT, "docs", "api.md"), "utf8");
-    for (const code of [
-      "invalid_request",
-      "unauthenticated",
-      "forbidden",
-      "policy_denied",
-      "not_found",
-      "task_not_approved",
-      "task_closed",
-      "lease_revoked",
-      "rate_limited",
-      "adapter_unavailable",
-      "unavailable",
-      "internal",
-    ]) {
+    for (const code of [...CONTRACT_ERROR_CODES, "internal"]) {
       expect(markdown, code).to.include(`\`${code}\``);
     }
   });

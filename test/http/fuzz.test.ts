@@ -5,22 +5,8 @@ import { expect } from "chai";
 import fc from "fast-check";
 import { ROUTES } from "../../broker/http/openapi.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { CONTRACT_ERROR_CODES } from "../helpers/contract.ts";
 import { eventually } from "../helpers/redis.ts";
-
-/** Every code API.md lets the broker answer with. */
-const CONTRACT_CODES = [
-  "invalid_request",
-  "unauthenticated",
-  "forbidden",
-  "policy_denied",
-  "not_found",
-  "task_not_approved",
-  "task_closed",
-  "lease_revoked",
-  "rate_limited",
-  "adapter_unavailable",
-  "unavailable",
-];
 
 /** A header value as raw bytes on the wire: UTF-8 sent as is, minus what HTTP forbids. */
 function asHeaderBytes(value: string): string {
@@ -256,7 +242,7 @@ describe("fuzz: random requests to every route never get a 5xx", () => {
         if (res.status >= 400 && req.method !== "HEAD") {
           const code = (JSON.parse(answer) as { error?: { code?: string } }).error?.code;
           expect(
-            CONTRACT_CODES,
+            CONTRACT_ERROR_CODES,
             `${req.method} ${req.path.slice(0, 200)} -> ${answer.slice(0, 500)}`,
           ).to.include(code);
         }

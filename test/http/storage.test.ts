@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { expect } from "chai";
 import type { Redis } from "ioredis";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { metricSample } from "../helpers/contract.ts";
 
 /** Bytes Redis uses for every key under `prefix` (BullMQ's hash-tagged keys included). */
 async function bytesUnder(redis: Redis, prefix: string): Promise<{ bytes: number; keys: string[] }> {
@@ -31,11 +32,6 @@ function forgedJwt(size: number): string {
     aud: "jitkey",
   });
   return `${header}.${payload}.${randomBytes(64).toString("base64url")}`;
-}
-
-function metric(text: string, series: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
-  return Number(line?.slice(series.length + 1) ?? Number.NaN);
 }
 
 describe("storage: nobody can make the broker store data without authenticating", () => {
@@ -105,8 +101,10 @@ describe("storage: nobody can make the broker store data without authenticating"
     expect(rejected.map((event) => event.route)).to.include("GET /v1/leases/:id");
 
     const metrics = (await t.http.get("/metrics").expect(200)).text;
-    expect(metric(metrics, "jitkey_identity_rejected_total")).to.equal(500);
-    expect(metric(metrics, 'jitkey_denials_total{decision="identity",code="rate_limited"}')).to.equal(440);
+    expect(metricSample(metrics, "jitkey_identity_rejected_total")).to.equal(500);
+    expect(metricSample(metrics, 'jitkey_denials_total{decision="identity",code="rate_limited"}')).to.equal(
+      440,
+    );
   });
 
   it("keys no Redis key, lock or event by a route id the broker could not have made", async () => {

@@ -1,10 +1,10 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
-import { type BrokerProcess, ROOT, spawnBroker, waitForStart } from "../helpers/process.ts";
+import { captureOutput, ROOT, spawnBroker, waitForStart } from "../helpers/process.ts";
 import { eventually } from "../helpers/redis.ts";
 
 function alive(pid: number): boolean {
@@ -55,7 +55,7 @@ describe("process: signals and a killed broker leave nothing running", () => {
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const broker = asBrokerProcess(npm);
+    const broker = captureOutput(npm);
     await waitForStart(broker, 45_000);
     const redis = await redisPid(dataDir);
     const node = childrenOf(npm.pid as number);
@@ -84,16 +84,3 @@ describe("process: signals and a killed broker leave nothing running", () => {
     await eventually(async () => !alive(redis), 10_000);
   });
 });
-
-function asBrokerProcess(child: ChildProcess): BrokerProcess {
-  let out = "";
-  let err = "";
-  child.stdout?.on("data", (chunk) => {
-    out += chunk;
-  });
-  child.stderr?.on("data", (chunk) => {
-    err += chunk;
-  });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, stdout: () => out, stderr: () => err, exited };
-}
