@@ -2,8 +2,13 @@ import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
-import type { Response } from "supertest";
+import express from "express";
+import supertest, { type Response } from "supertest";
 import { type EmbeddedRedis, freePort, startEmbeddedRedis } from "../../broker/embedded-redis.ts";
+import { errorMiddleware, sendError } from "../../broker/http/error-middleware.ts";
+import { failFastWhileRedisDown, RedisHealth } from "../../broker/http/redis-health.ts";
+import { createLogger } from "../../broker/logger.ts";
+import { connectRedis } from "../../broker/redis.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { eventually } from "../helpers/redis.ts";
 
@@ -145,5 +150,41 @@ describe("Redis killed (SIGKILL) and restarted from its AOF under a live broker"
       .expect(200);
     expect(introspected.body.active).to.equal(true);
     process.stdout.write(`      figures: ${JSON.stringify(figures)}\n`);
+  });
+});
+
+describe("a request waiting on Redis when the connection drops", () => {
+  it("answers 503 unavailable instead of waiting for Redis to come back", async function () {
+    this.timeout(20_000);
+    const dir = await mkdtemp(join(tmpdir(), "jitkey-inflight-"));
+    const redis = await startEmbeddedRedis(dir, { port: await freePort() });
+    // A queue connection waits for Redis forever, as BullMQ needs: what an enqueue runs on.
+    const queue = connectRedis(redis.url, { forQueues: true });
+    const health = new RedisHealth({ queue }, createLogger({ level: "error", transports: [] }));
+    const app = express();
+    app.use("/v1", failFastWhileRedisDown(health, sendError));
+    app.get("/v1/stuck", async (_req, res) => {
+      // Blocks until Redis answers, which it never does once killed.
+      res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
+    });
+    app.use(errorMiddleware(createLogger({ level: "error", transports: [] }), health));
+    try {
+      await queue.ping();
+      const pending = timed(supertest(app).get("/v1/stuck").timeout(10_000));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
+      process.kill(pid, "SIGKILL");
+      const { res, ms } = await pending;
+      expect(res.status).to.equal(503);
+      expect(res.body.error.code).to.equal("unavailable");
+      expect(res.headers["retry-after"]).to.equal("1");
+      // Sent 200 ms before the kill, answered about half a second after it.
+      expect(ms).to.be.below(5_000);
+      // A request arriving while Redis is gone is answered without waiting at all.
+      expect((await supertest(app).get("/v1/stuck").timeout(5_000)).status).to.equal(503);
+    } finally {
+      queue.disconnect();
+      await redis.stop();
+    }
   });
 });
