@@ -2,7 +2,10 @@
 #   docker build -t jitkey .
 #   docker run -e JITKEY_CONFIG=/etc/jitkey/jitkey.yaml -v ./jitkey.yaml:/etc/jitkey/jitkey.yaml:ro jitkey serve
 # The entrypoint is `node dist/broker/main.js`; the command picks `serve` (API), `worker`
-# (revocation workers) or nothing (both in one process).
+# (revocation workers) or nothing (both in one process). Node runs as PID 1 on purpose, not
+# under npm or a shell: `docker stop` sends SIGTERM to PID 1, and the broker handles it itself
+# (drains HTTP, lets running jobs finish). A wrapper that does not pass the signal on would
+# leave the broker to be SIGKILLed mid-request when the stop timeout runs out.
 
 # --- build: all dependencies, compile TypeScript to dist/ ---------------------------------
 FROM node:20-bookworm-slim AS build
@@ -29,10 +32,11 @@ ENV NODE_ENV=production \
 WORKDIR /app
 COPY --from=prod-deps --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
-COPY --chown=root:root package.json ./
+COPY --chown=root:root package.json LICENSE SECURITY.md ./
 # The data directory holds the broker's generated signing keys; the only writable path.
 RUN mkdir -p /data && chown node:node /data
 USER node
 EXPOSE 8080
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "dist/broker/main.js"]
 CMD ["serve"]

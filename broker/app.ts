@@ -1,12 +1,19 @@
-import express, { type Express, Router } from "express";
+import cors from "cors";
+import express, { type Express, type RequestHandler, Router } from "express";
+import helmet from "helmet";
 import type { Broker } from "./broker.ts";
+import { InvalidRequestError } from "./errors.ts";
 import { Authenticator } from "./http/auth.ts";
-import { errorMiddleware, notFoundHandler } from "./http/error-middleware.ts";
+import { errorMiddleware, notFoundHandler, sendError } from "./http/error-middleware.ts";
 import { leasesRouter, revocationsRouter } from "./http/leases-router.ts";
 import { buildOpenApi } from "./http/openapi.ts";
 import { devRouter, oversightRouter } from "./http/operator-router.ts";
+import { failFastWhileRedisDown, RedisHealth } from "./http/redis-health.ts";
 import { tasksRouter } from "./http/tasks-router.ts";
 import { newId } from "./ids.ts";
+
+/** Media types a request body may have; anything else is 415 before it is read. */
+const BODY_TYPES = ["application/json", "application/x-www-form-urlencoded"];
 
 /** Builds the Express app over a broker. Does not listen: easy to test with supertest. */
 export function createApp(broker: Broker): Express {
@@ -16,6 +23,7 @@ export function createApp(broker: Broker): Express {
   app.set("etag", false);
   app.set("trust proxy", broker.config.http.trustProxy);
   app.set("query parser", "simple");
+  const health = new RedisHealth({ api: broker.redis, queue: broker.queueConnection }, broker.logger);
 
   app.use((req, res, next) => {
     const requestId = newId("req");
@@ -26,15 +34,35 @@ export function createApp(broker: Broker): Express {
       broker.logger.info("request", {
         requestId,
         method: req.method,
-        path: req.originalUrl.split("?")[0],
+        path: req.originalUrl.split("?")[0]?.slice(0, 200),
         status: res.statusCode,
         ms: Number(process.hrtime.bigint() - started) / 1e6,
       });
     });
     next();
   });
+  app.use(securityHeaders());
+  // Answers carry credentials and live state: no cache may keep one, errors included.
+  app.use("/v1", (_req, res, next) => {
+    res.set("Cache-Control", "no-store");
+    next();
+  });
+  const origins = broker.config.http.cors?.origins;
+  if (origins) {
+    app.use(
+      cors({
+        origin: origins.map((origin) => origin.replace(/\/$/, "")),
+        methods: ["GET", "POST", "DELETE"],
+        allowedHeaders: ["Authorization", "Content-Type", "DPoP"],
+        exposedHeaders: ["Location", "Retry-After", "WWW-Authenticate", "X-Request-Id"],
+        maxAge: 600,
+      }),
+    );
+  }
+  app.use("/v1", failFastWhileRedisDown(health, sendError));
+  app.use(refuseUnknownBodyTypes);
   app.use(express.json({ limit: "64kb" }));
-  app.use(express.urlencoded({ extended: false, limit: "64kb" }));
+  app.use(express.urlencoded({ extended: false, limit: "64kb", parameterLimit: 100 }));
 
   const auth = new Authenticator(broker);
   app.use("/v1/tasks", tasksRouter(broker, auth));
@@ -42,33 +70,67 @@ export function createApp(broker: Broker): Express {
   app.use("/v1/revocations", revocationsRouter(broker, auth));
   app.use("/v1", oversightRouter(broker, auth));
   if (broker.config.devMode && broker.dev) app.use("/v1/dev", devRouter(broker, auth));
-  app.use(systemRouter(broker));
+  app.use(systemRouter(broker, health));
   app.use(notFoundHandler);
-  app.use(errorMiddleware(broker.logger));
+  app.use(errorMiddleware(broker.logger, health));
   return app;
 }
 
-function systemRouter(broker: Broker): Router {
+/**
+ * helmet's headers for a JSON API: `nosniff`, no framing, a CSP that loads nothing, no
+ * referrer. HSTS is left to the TLS-terminating proxy in front (SECURITY.md), which knows
+ * whether the whole host is served over https.
+ */
+function securityHeaders(): RequestHandler {
+  return helmet({
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] },
+    },
+    strictTransportSecurity: false,
+    xFrameOptions: { action: "deny" },
+  });
+}
+
+/** A body in a media type no route reads would be ignored silently; say so instead. */
+const refuseUnknownBodyTypes: RequestHandler = (req, _res, next) => {
+  const length = req.get("content-length");
+  const hasContent = req.get("transfer-encoding") !== undefined || (length !== undefined && length !== "0");
+  if (hasContent && !req.is(BODY_TYPES)) {
+    next(new InvalidRequestError(`Content-Type must be one of ${BODY_TYPES.join(", ")}`, undefined, 415));
+    return;
+  }
+  next();
+};
+
+function systemRouter(broker: Broker, health: RedisHealth): Router {
   const router = Router();
-  const openapi = buildOpenApi(broker.issuer);
+  const openapi = buildOpenApi(broker.issuer, { devMode: Boolean(broker.config.devMode && broker.dev) });
 
   router.get("/healthz", (_req, res) => {
     res.json({ status: "ok" });
   });
 
   router.get("/readyz", async (_req, res) => {
-    const redis = await broker.redis.ping().then(
-      () => true,
-      () => false,
-    );
+    // A lost connection answers at once: no ping waits on a Redis that is gone.
+    const redis =
+      health.up &&
+      (await broker.redis.ping().then(
+        () => true,
+        () => false,
+      ));
     const workers = redis ? await broker.queue.queue.getWorkersCount().catch(() => 0) : 0;
     const ready = redis && workers > 0;
-    res.status(ready ? 200 : 503).json({ status: ready ? "ready" : "not_ready", redis, workers });
+    res
+      .status(ready ? 200 : 503)
+      .set("Cache-Control", "no-store")
+      .json({ status: ready ? "ready" : "not_ready", redis, workers });
   });
 
   router.get("/metrics", async (_req, res) => {
     res
       .set("Content-Type", broker.metrics.registry.contentType)
+      .set("Cache-Control", "no-store")
       .send(await broker.metrics.registry.metrics());
   });
 

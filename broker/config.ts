@@ -19,11 +19,30 @@ const sha256Hex = z
 const scope = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9:._/-]{0,127}$/, "a scope token");
 const seconds = z.number().int().positive();
 
+/** Hosts that never leave the machine: the only ones a JWKS may be fetched from over plain http. */
+function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "").toLowerCase();
+  return host === "localhost" || host === "::1" || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+/**
+ * Where an issuer's public keys come from. Whoever can change that answer can forge agents, so
+ * it must be https; plain http only to this machine (a local test issuer or a sidecar).
+ */
+const jwksUri = z.url().refine(
+  (value) => {
+    if (!URL.canParse(value)) return false;
+    const url = new URL(value);
+    return url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHost(url.hostname));
+  },
+  { message: "must be an https: URL (plain http: only for a loopback address)" },
+);
+
 const issuerSchema = z
   .object({
     name,
     issuer: z.string().min(1),
-    jwksUri: z.url().optional(),
+    jwksUri: jwksUri.optional(),
     jwks: z.object({ keys: z.array(z.record(z.string(), z.unknown())).min(1) }).optional(),
     agentIdClaim: z.string().min(1).default("sub"),
     owner: z.string().optional(),
@@ -33,10 +52,18 @@ const issuerSchema = z
   });
 
 const principalSchema = z.object({ name, tokenSha256: sha256Hex });
+
 const introspectorSchema = principalSchema.extend({
-  /** Resources whose credentials it may ask about; credentials of any other answer `active: false`. */
+  /** When set, credentials of other resources answer `active: false` to this introspector. */
   resources: z.array(name).min(1).optional(),
 });
+
+/** A browser origin allowed to call the API (`https://console.example.com`): scheme, host, port. */
+const origin = z
+  .url()
+  .refine((value) => URL.canParse(value) && new URL(value).origin === value.replace(/\/$/, ""), {
+    message: "an origin: scheme://host[:port] with no path",
+  });
 
 const resourceSchema = z.object({
   name,
@@ -111,6 +138,8 @@ export const ConfigSchema = z
         trustProxy: z
           .union([z.literal(false), z.number().int().min(1).max(10), z.string().min(1)])
           .default(false),
+        /** Browser origins allowed to call the API. No entry, no CORS headers at all. */
+        cors: z.object({ origins: z.array(origin).min(1) }).optional(),
       })
       .prefault({}),
     redis: z
@@ -145,6 +174,8 @@ export const ConfigSchema = z
       audience: z.string().min(1),
       maxTokenAgeSeconds: seconds.default(3600),
       clockSkewSeconds: z.number().int().min(0).max(300).default(30),
+      /** How long one fetch of an issuer's remote JWKS may take; only that issuer's agents wait. */
+      jwksTimeoutSeconds: z.number().positive().max(60).default(5),
       issuers: z.array(issuerSchema).min(1),
     }),
     operators: z.array(principalSchema).default([]),
@@ -246,12 +277,13 @@ export const ConfigSchema = z
     const resources = new Map(config.resources.map((r) => [r.name, r]));
     config.introspectors.forEach((introspector, index) => {
       introspector.resources?.forEach((resourceName, j) => {
-        if (!resources.has(resourceName))
+        if (!resources.has(resourceName)) {
           ctx.addIssue({
             code: "custom",
             path: ["introspectors", index, "resources", j],
             message: `unknown resource "${resourceName}"`,
           });
+        }
       });
     });
     config.policies.forEach((rule, index) => {

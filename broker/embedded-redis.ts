@@ -51,8 +51,31 @@ export function hasCommand(command: string, path = process.env.PATH ?? ""): bool
 }
 
 /**
+ * The POSIX sh supervisor that runs redis-server (its arguments) for the broker. It keeps the
+ * read end of its stdin, a pipe whose other end only the broker holds, and stops redis-server
+ * (SIGTERM, so the AOF is flushed) when that pipe reaches end-of-file: that is, when the broker
+ * closes it to stop Redis, or when the broker process is gone, however it ended — `SIGKILL`
+ * and crashes included, since the kernel closes a dead process's descriptors. It exits with
+ * redis-server's status.
+ */
+const SUPERVISOR = `
+trap 'kill -TERM "$redis" 2>/dev/null' TERM INT HUP
+exec 3<&0 0</dev/null
+"$@" 3<&- &
+redis=$!
+(while read -r _; do :; done <&3; kill -TERM "$redis" 2>/dev/null) &
+watcher=$!
+exec 3<&-
+status=0
+while kill -0 "$redis" 2>/dev/null; do wait "$redis"; status=$?; done
+kill "$watcher" 2>/dev/null
+exit "$status"
+`;
+
+/**
  * Starts redis-server with AOF on under `<dataDir>/redis`, waits until it answers, and
- * returns its URL. A server left behind by a crashed run (pid file) is stopped first.
+ * returns its URL. A server left behind by a crashed run (pid file) is stopped first. The
+ * server stops with the broker process, even one that is killed (see {@link SUPERVISOR}).
  */
 export async function startEmbeddedRedis(
   dataDir: string,
@@ -65,8 +88,12 @@ export async function startEmbeddedRedis(
   stopStale(pidFile);
   const port = options.port ?? (await freePort());
   const child = spawn(
-    "redis-server",
+    "/bin/sh",
     [
+      "-c",
+      SUPERVISOR,
+      "jitkey-redis-supervisor",
+      "redis-server",
       "--port",
       String(port),
       "--bind",
@@ -88,7 +115,9 @@ export async function startEmbeddedRedis(
       "--logfile",
       "",
     ],
-    { stdio: ["ignore", "pipe", "pipe"] },
+    // Its own process group: a Ctrl-C meant for the broker does not stop Redis under it
+    // before the broker has drained; the broker stops it last.
+    { stdio: ["pipe", "pipe", "pipe"], detached: true },
   );
   let output = "";
   child.stdout?.on("data", (chunk) => {
@@ -97,6 +126,8 @@ export async function startEmbeddedRedis(
   child.stderr?.on("data", (chunk) => {
     output = (output + chunk).slice(-4000);
   });
+  // The pipe is the watchdog's only signal; a write error on it must not crash the broker.
+  child.stdin?.on("error", () => {});
   const url = `redis://127.0.0.1:${port}/0`;
   await waitUntilAnswering(url, child, () => output);
   return {
@@ -140,11 +171,20 @@ async function waitUntilAnswering(url: string, child: ChildProcess, output: () =
   throw new Error(`redis-server did not answer within 15 s: ${output()}`);
 }
 
+/** Closes the supervisor's pipe (it stops redis-server), then waits; SIGKILLs the group after 5 s. */
 async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+  child.stdin?.end();
+  const timer = setTimeout(() => {
+    if (child.pid) {
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+  }, 5000);
   await exited;
   clearTimeout(timer);
 }

@@ -19,10 +19,14 @@ export class JitkeyError extends Error {
   }
 }
 
-/** Malformed or invalid input: 400, or 422 when well-formed but naming unknown things. */
+/**
+ * Malformed or invalid input: 400, 413 for a body over the size limit, 415 for a body in an
+ * encoding, charset or media type the route does not take, 422 when well-formed but naming
+ * unknown things.
+ */
 export class InvalidRequestError extends JitkeyError {
   static override readonly code = "invalid_request";
-  constructor(message: string, details?: Record<string, unknown>, status: 400 | 413 | 422 = 400) {
+  constructor(message: string, details?: Record<string, unknown>, status: 400 | 413 | 415 | 422 = 400) {
     super(message, status, details);
   }
 }
@@ -106,5 +110,18 @@ export class AdapterUnavailableError extends JitkeyError {
   static override readonly code = "adapter_unavailable";
   constructor(message: string) {
     super(message, 502);
+  }
+}
+
+/**
+ * The broker cannot answer now: Redis is unreachable, or the process is starting or draining.
+ * Nothing was decided; the client may retry after `retryAfterSeconds`.
+ */
+export class UnavailableError extends JitkeyError {
+  static override readonly code = "unavailable";
+  readonly retryAfterSeconds: number;
+  constructor(message = "the broker's store is unreachable; retry shortly", retryAfterSeconds = 1) {
+    super(message, 503, { retryAfterSeconds });
+    this.retryAfterSeconds = retryAfterSeconds;
   }
 }

@@ -95,8 +95,10 @@ async function main(argv: string[]): Promise<void> {
     logger.info("stopped");
     process.exit(0);
   };
-  process.on("SIGINT", () => void shutdown("SIGINT"));
-  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  // npm runs the start script as `sh -c "exec node ..."` so this process, not a shell, is what
+  // npm's forwarded SIGTERM reaches. SIGHUP: the terminal went away.
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
+    process.on(signal, () => void shutdown(signal));
 }
 
 /** Dev mode says so loudly, once, on the terminal (not in the structured log). */

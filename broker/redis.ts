@@ -2,15 +2,20 @@ import { Redis, type RedisOptions } from "ioredis";
 import { DEFAULT_TENANT, shardOfId, shardOfText } from "./ids.ts";
 
 /**
- * Opens a client. `forQueues` clients never give up on a command (BullMQ needs that);
- * API clients fail a command after a short retry so a Redis outage answers fast.
+ * Opens a client. `forQueues` clients never give up on a command (BullMQ needs that); the
+ * HTTP layer keeps requests that wait on them from hanging (see `broker/http/redis-health.ts`).
+ * API clients fail a command after 1 s or a short retry, so a Redis
+ * outage — refused, dropped or hung — answers fast. Never run a blocking command (BLPOP,
+ * XREAD BLOCK) on an API client: use `duplicate()` without the timeout.
  */
 export function connectRedis(url: string, options: { forQueues?: boolean; name?: string } = {}): Redis {
   const base: RedisOptions = {
     connectionName: options.name,
     enableReadyCheck: true,
     maxRetriesPerRequest: options.forQueues ? null : 2,
+    // Reconnect forever, at most every 2 s: the broker recovers by itself when Redis returns.
     retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
+    ...(options.forQueues ? {} : { commandTimeout: 1000 }),
   };
   return new Redis(url, base);
 }

@@ -25,6 +25,7 @@ export const AUDIT_EVENT_TYPES = [
   "revocation_requested",
   "orphan_revoked",
   "identity_rejected",
+  "identity_rejected_summary",
   "access_denied",
   "introspected",
 ] as const;

@@ -1,9 +1,10 @@
 import type { Request } from "express";
 import type { Broker } from "../broker.ts";
-import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
-import { IdentityRejectedError, looksLikeJwt } from "../identity/agent-verifier.ts";
+import { ForbiddenError, RateLimitedError, UnauthenticatedError } from "../errors.ts";
+import { digestOf, IdentityRejectedError, looksLikeJwt } from "../identity/agent-verifier.ts";
 import type { AgentPrincipal, OperatorPrincipal, Principal } from "../identity/principal.ts";
-import { RateLimiter } from "./rate-limiter.ts";
+import { FailedAuthLimit } from "./failed-auth.ts";
+import { SlidingWindowLimiter } from "./rate-limiter.ts";
 
 type Kind = Principal["kind"];
 type PrincipalOf<K extends Kind> = Extract<Principal, { kind: K }>;
@@ -15,10 +16,25 @@ type PrincipalOf<K extends Kind> = Extract<Principal, { kind: K }>;
  */
 export class Authenticator {
   readonly #cache = new WeakMap<Request, Promise<Principal>>();
-  readonly #limiter: RateLimiter;
+  readonly #limiter: SlidingWindowLimiter;
+  readonly #failures: FailedAuthLimit;
 
-  constructor(private readonly broker: Broker) {
-    this.#limiter = new RateLimiter(broker.redis, broker.keys, broker.clock);
+  constructor(
+    private readonly broker: Pick<
+      Broker,
+      "config" | "redis" | "keys" | "clock" | "audit" | "metrics" | "principals" | "verifier"
+    >,
+  ) {
+    this.#limiter = new SlidingWindowLimiter(broker.redis, broker.keys, broker.clock);
+    this.#failures = new FailedAuthLimit({
+      limiter: this.#limiter,
+      redis: broker.redis,
+      keys: broker.keys,
+      audit: broker.audit,
+      metrics: broker.metrics,
+      clock: broker.clock,
+      perMinute: broker.config.limits.failedAuthPerMinute,
+    });
   }
 
   /** The principal behind the request, if it is one of `kinds`. */
@@ -48,36 +64,28 @@ export class Authenticator {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
     const token = match[1];
-    const { config } = this.broker;
-    const failureBucket = `auth-fail:${req.ip ?? "unknown"}`;
+    // The address's standing is read before the credential is looked at: it decides what a
+    // failure costs (audited, or only counted), never whether a credential that matches gets in.
+    const standing = await this.#failures.standing(req);
+    let principal: Principal;
     try {
-      if (!looksLikeJwt(token)) {
-        // Opaque tokens can be guessed: an address past its failure limit gets no answer at all,
-        // right or wrong, so guessing stops.
-        await this.#limiter.check(failureBucket, config.limits.failedAuthPerMinute);
-        const known = this.broker.principals.match(token);
-        if (known) return known;
-        throw new IdentityRejectedError("unknown bearer token");
-      }
-      // A signed identity token cannot be guessed: one that verifies is never locked out by
-      // other clients' failures behind the same address.
-      const agent = await this.broker.verifier.verify(token);
-      await this.#limiter.hit(`agent:${agent.id}`, config.limits.agentRequestsPerMinute);
-      return agent;
+      principal = looksLikeJwt(token) ? await this.broker.verifier.verify(token) : this.opaque(token);
     } catch (error) {
-      if (error instanceof IdentityRejectedError) {
-        this.broker.metrics.identityRejected.inc();
-        await this.broker.audit.record({
-          type: "identity_rejected",
-          actor: `ip:${req.ip ?? "unknown"}`,
-          decision: "deny",
-          reason: error.reason,
-          issuer: error.issuer,
-          route: `${req.method} ${req.originalUrl.split("?")[0]}`,
-        });
-        await this.#limiter.hit(failureBucket, config.limits.failedAuthPerMinute);
-      }
+      if (error instanceof IdentityRejectedError) return this.#failures.reject(req, standing, error);
       throw error;
     }
+    if (principal.kind === "agent") {
+      const { limits } = this.broker.config;
+      const usage = await this.#limiter.hit(`agent:${digestOf(principal.id)}`, limits.agentRequestsPerMinute);
+      if (usage.exceeded) throw new RateLimitedError(usage.retryAfterSeconds);
+    }
+    return principal;
+  }
+
+  /** Operator and introspector tokens: high-entropy secrets matched by hash in constant time. */
+  private opaque(token: string): Principal {
+    const known = this.broker.principals.match(token);
+    if (!known) throw new IdentityRejectedError("unknown bearer token");
+    return known;
   }
 }

@@ -1,39 +1,83 @@
-import type { ErrorRequestHandler, RequestHandler } from "express";
+import type { ErrorRequestHandler, RequestHandler, Response } from "express";
 import type { Logger } from "winston";
-import { InvalidRequestError, JitkeyError, NotFoundError } from "../errors.ts";
+import { InvalidRequestError, JitkeyError, NotFoundError, UnavailableError } from "../errors.ts";
+import { isRedisConnectionError, type RedisHealth } from "./redis-health.ts";
 
 /** Unknown routes answer `not_found` in the error shape. */
 export const notFoundHandler: RequestHandler = (req, _res, next) => {
-  next(new NotFoundError(`route ${req.method} ${req.path}`));
+  next(new NotFoundError(`route ${req.method} ${req.path.slice(0, 200)}`));
 };
 
 /**
- * The one place errors become HTTP responses: `{"error": {"code", "message", ...}}`.
- * Anything unexpected is a 500 `internal` with the request id only: no message, no stack.
+ * Fixed messages for what Express and body-parser refuse before a route runs. Their own
+ * messages may quote the body (a token being introspected), so none of them is passed on.
  */
-export function errorMiddleware(logger: Logger): ErrorRequestHandler {
+const TRANSPORT_MESSAGES: Record<string, string> = {
+  "entity.parse.failed": "request body is not valid JSON",
+  "entity.too.large": "request body is too large",
+  "entity.verify.failed": "request body rejected",
+  "encoding.unsupported": "unsupported Content-Encoding",
+  "charset.unsupported": "unsupported charset",
+  "request.aborted": "request body was cut short",
+  "request.size.invalid": "request body is not as long as Content-Length says",
+  "stream.encoding.set": "request body rejected",
+  "stream.not.readable": "request body rejected",
+  "parameters.too.many": "too many form parameters",
+};
+
+/**
+ * A client error raised by Express or a body parser (http-errors style: a 4xx `status`), e.g.
+ * a corrupt gzip body or an undecodable `%` escape in the path, as `invalid_request`.
+ */
+function transportError(error: unknown): InvalidRequestError | undefined {
+  const status = (error as { status?: unknown }).status ?? (error as { statusCode?: unknown }).statusCode;
+  if (typeof status !== "number" || status < 400 || status > 499) return undefined;
+  // Only what the body parsers (http-errors, `expose`) and Express's path decoding raise: a 4xx
+  // `status` on anything else is some library's detail, and stays a 500 so the bug is seen.
+  if ((error as { expose?: unknown }).expose !== true && !(error instanceof URIError)) return undefined;
+  const type = (error as { type?: unknown }).type;
+  const zlibCode = (error as { code?: unknown }).code;
+  let message = typeof type === "string" ? TRANSPORT_MESSAGES[type] : undefined;
+  if (!message && error instanceof URIError) message = "the path holds an invalid % escape";
+  if (!message && typeof zlibCode === "string") message = "request body does not match its Content-Encoding";
+  return new InvalidRequestError(
+    message ?? "request rejected",
+    undefined,
+    status === 413 ? 413 : status === 415 ? 415 : 400,
+  );
+}
+
+/** Writes `{"error": {"code", "message", ...details, requestId}}` with the headers its code needs. */
+export function sendError(res: Response, error: JitkeyError): void {
+  const requestId = res.locals.requestId as string | undefined;
+  const retryAfter = error.details?.retryAfterSeconds;
+  if (typeof retryAfter === "number") res.set("Retry-After", String(retryAfter));
+  if (error.status === 401) res.set("WWW-Authenticate", 'Bearer realm="jitkey"');
+  res
+    .status(error.status)
+    .json({ error: { code: error.code, message: error.message, ...error.details, requestId } });
+}
+
+/**
+ * The one place errors become HTTP responses. Anything unexpected is a 500 `internal` with
+ * the request id only: no message, no stack — unless Redis is unreachable, which makes it a
+ * 503 `unavailable` the client may retry.
+ */
+export function errorMiddleware(logger: Logger, health?: RedisHealth): ErrorRequestHandler {
   return (error, req, res, _next) => {
     const requestId = res.locals.requestId as string | undefined;
-    let known: JitkeyError | undefined = error instanceof JitkeyError ? error : undefined;
-    const bodyParserType = (error as { type?: string }).type;
-    if (!known && typeof bodyParserType === "string") {
-      const status = (error as { status?: number }).status ?? 400;
-      const message =
-        bodyParserType === "entity.parse.failed"
-          ? "request body is not valid JSON"
-          : bodyParserType === "entity.too.large"
-            ? "request body is too large"
-            : `request body rejected (${bodyParserType})`;
-      known = new InvalidRequestError(message, undefined, status === 413 ? 413 : 400);
+    if (res.headersSent) {
+      // Answered already (503 while Redis was gone); the late result has nowhere to go.
+      logger.warn("late error after the answer was sent", { requestId, path: req.path, error });
+      return;
+    }
+    let known: JitkeyError | undefined = error instanceof JitkeyError ? error : transportError(error);
+    if (!known && (isRedisConnectionError(error) || (health && !health.up))) {
+      logger.warn("redis unreachable", { requestId, method: req.method, path: req.path, error });
+      known = new UnavailableError();
     }
     if (known) {
-      if (known instanceof JitkeyError && known.status === 429 && known.details?.retryAfterSeconds) {
-        res.set("Retry-After", String(known.details.retryAfterSeconds));
-      }
-      if (known.status === 401) res.set("WWW-Authenticate", 'Bearer realm="jitkey"');
-      res
-        .status(known.status)
-        .json({ error: { code: known.code, message: known.message, ...known.details, requestId } });
+      sendError(res, known);
       return;
     }
     logger.error("unhandled error", { requestId, method: req.method, path: req.path, error });

@@ -1,13 +1,14 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import type { Authenticator } from "./auth.ts";
-import { LeaseListQuery, RenewLeaseBody, RevocationBody } from "./schemas.ts";
-import { validate } from "./validate.ts";
+import { LeaseId, LeaseListQuery, RenewLeaseBody, RevocationBody } from "./schemas.ts";
+import { idParam, validate } from "./validate.ts";
 import { leaseView } from "./views.ts";
 
 /** `/v1/leases`: read, list, renew and release leases. */
 export function leasesRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
+  router.param("id", idParam(LeaseId, "lease"));
 
   router.get("/", async (req, res) => {
     await auth.operator(req);

@@ -5,15 +5,21 @@ import {
   CreateTaskBody,
   CredentialSchema,
   DecisionBody,
+  DevAgentTokenBody,
+  DevAgentTokenSchema,
   ErrorSchema,
   EventsQuery,
   IntrospectBody,
   IntrospectionSchema,
+  LeaseId,
   LeaseListQuery,
   LeaseSchema,
   MintLeaseBody,
+  ReadinessSchema,
   RenewLeaseBody,
   RevocationBody,
+  RevocationSchema,
+  TaskId,
   TaskListQuery,
   TaskReadQuery,
   TaskSchema,
@@ -21,7 +27,8 @@ import {
 
 type Who = "agent" | "operator" | "introspector" | "anyone";
 
-interface RouteDoc {
+/** One route as the OpenAPI document (and docs/api.md, checked against it) describes it. */
+export interface RouteDoc {
   method: "get" | "post" | "delete";
   path: string;
   summary: string;
@@ -34,10 +41,14 @@ interface RouteDoc {
   responseType?: string;
   /** The body may also be form-encoded (RFC 7662 §2.1 introspection requests are). */
   form?: boolean;
+  /** The `{id}` in the path: a task or a lease id. */
+  id?: z.ZodType<string>;
+  /** Mounted only in dev mode. */
+  devOnly?: boolean;
 }
 
-const id = z.object({ id: z.string() });
-const routes: RouteDoc[] = [
+/** Every route the broker serves. */
+export const ROUTES: readonly RouteDoc[] = [
   {
     method: "post",
     path: "/v1/tasks",
@@ -59,6 +70,7 @@ const routes: RouteDoc[] = [
   {
     method: "get",
     path: "/v1/tasks/{id}",
+    id: TaskId,
     summary: "Read a task; with waitSeconds, wait until it is no longer pending",
     who: ["agent", "operator"],
     query: TaskReadQuery,
@@ -68,6 +80,7 @@ const routes: RouteDoc[] = [
   {
     method: "post",
     path: "/v1/tasks/{id}/approve",
+    id: TaskId,
     summary: "Approve a pending task",
     who: ["operator"],
     body: DecisionBody,
@@ -77,6 +90,7 @@ const routes: RouteDoc[] = [
   {
     method: "post",
     path: "/v1/tasks/{id}/deny",
+    id: TaskId,
     summary: "Deny a pending task",
     who: ["operator"],
     body: DecisionBody,
@@ -86,6 +100,7 @@ const routes: RouteDoc[] = [
   {
     method: "post",
     path: "/v1/tasks/{id}/complete",
+    id: TaskId,
     summary: "Complete a task and revoke its leases",
     who: ["agent", "operator"],
     status: 200,
@@ -94,6 +109,7 @@ const routes: RouteDoc[] = [
   {
     method: "post",
     path: "/v1/tasks/{id}/leases",
+    id: TaskId,
     summary: "Mint a lease (the credential is returned once)",
     who: ["agent"],
     body: MintLeaseBody,
@@ -112,6 +128,7 @@ const routes: RouteDoc[] = [
   {
     method: "get",
     path: "/v1/leases/{id}",
+    id: LeaseId,
     summary: "Read a lease (never the secret)",
     who: ["agent", "operator"],
     status: 200,
@@ -129,6 +146,7 @@ const routes: RouteDoc[] = [
   {
     method: "delete",
     path: "/v1/leases/{id}",
+    id: LeaseId,
     summary: "Release a lease early",
     who: ["agent", "operator"],
     status: 202,
@@ -141,7 +159,7 @@ const routes: RouteDoc[] = [
     who: ["operator"],
     body: RevocationBody,
     status: 202,
-    response: z.object({ revocation: id.extend({ matched: z.number().int() }).catchall(z.unknown()) }),
+    response: RevocationSchema,
   },
   {
     method: "post",
@@ -161,6 +179,16 @@ const routes: RouteDoc[] = [
     query: AuditListQuery,
     status: 200,
     response: z.object({ events: z.array(AuditEventSchema) }),
+  },
+  {
+    method: "post",
+    path: "/v1/dev/agent-token",
+    summary: "Dev mode only: sign a dev identity token for an agent",
+    who: ["operator"],
+    body: DevAgentTokenBody,
+    status: 200,
+    response: DevAgentTokenSchema,
+    devOnly: true,
   },
   {
     method: "get",
@@ -216,10 +244,10 @@ const routes: RouteDoc[] = [
   {
     method: "get",
     path: "/readyz",
-    summary: "Readiness: Redis reachable, workers attached",
+    summary: "Readiness: Redis reachable, workers attached (503 with the same body when not)",
     who: ["anyone"],
     status: 200,
-    response: z.object({ status: z.string() }).catchall(z.unknown()),
+    response: ReadinessSchema,
   },
   {
     method: "get",
@@ -240,28 +268,41 @@ const routes: RouteDoc[] = [
   },
 ];
 
-const ERROR_STATUSES: Record<string, string> = {
+/** Error answers of every authenticated route, by status. */
+export const ERROR_STATUSES: Record<string, string> = {
   "400": "invalid_request",
   "401": "unauthenticated",
   "403": "forbidden or policy_denied",
   "404": "not_found",
-  "409": "task_not_approved or task_closed",
+  "409": "task_not_approved, task_closed or lease_revoked",
   "413": "invalid_request (body too large)",
+  "415": "invalid_request (Content-Type, Content-Encoding or charset not accepted)",
   "422": "invalid_request (well-formed, but names what does not exist)",
-  "429": "rate_limited",
+  "429": "rate_limited (with Retry-After)",
   "500": "internal (carries a requestId, nothing else)",
   "502": "adapter_unavailable",
+  "503": "unavailable (with Retry-After): Redis unreachable, starting or draining",
 };
 
-/** The OpenAPI 3.1 document, generated from the same zod schemas that validate requests. */
-export function buildOpenApi(serverUrl: string): Record<string, unknown> {
-  const json = (schema: z.ZodType, io: "input" | "output") =>
-    z.toJSONSchema(schema, { io, unrepresentable: "any" });
+/**
+ * The OpenAPI 3.1 document, generated from the same zod schemas that validate requests.
+ * `devMode` adds the dev-only routes.
+ */
+export function buildOpenApi(
+  serverUrl: string,
+  options: { devMode?: boolean } = {},
+): Record<string, unknown> {
+  const json = (schema: z.ZodType, io: "input" | "output") => {
+    // The document declares its dialect once; a `$schema` inside each schema would be noise.
+    const { $schema: _dialect, ...rest } = z.toJSONSchema(schema, { io, unrepresentable: "any" });
+    return rest;
+  };
   const paths: Record<string, Record<string, unknown>> = {};
-  for (const route of routes) {
+  for (const route of ROUTES) {
+    if (route.devOnly && !options.devMode) continue;
     const parameters: unknown[] = [];
-    if (route.path.includes("{id}"))
-      parameters.push({ name: "id", in: "path", required: true, schema: { type: "string" } });
+    if (route.id)
+      parameters.push({ name: "id", in: "path", required: true, schema: json(route.id, "input") });
     for (const [name, schema] of Object.entries(route.query?.shape ?? {})) {
       parameters.push({ name, in: "query", required: false, schema: json(schema as z.ZodType, "input") });
     }
@@ -278,6 +319,12 @@ export function buildOpenApi(serverUrl: string): Record<string, unknown> {
           content: { "application/json": { schema: { $ref: "#/components/schemas/Error" } } },
         };
       }
+    }
+    if (route.path === "/readyz") {
+      responses["503"] = {
+        description: "Not ready: Redis unreachable or no worker attached",
+        content: { "application/json": { schema: json(route.response, "output") } },
+      };
     }
     paths[route.path] = {
       ...paths[route.path],
@@ -305,6 +352,7 @@ export function buildOpenApi(serverUrl: string): Record<string, unknown> {
   }
   return {
     openapi: "3.1.0",
+    jsonSchemaDialect: "https://json-schema.org/draft/2020-12/schema",
     info: {
       title: "jitkey",
       version: "1",

@@ -20,7 +20,7 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
         : error;
     });
     const { token } = validate(IntrospectBody, req.body);
-    res.set("Cache-Control", "no-store").json(await broker.introspection.introspect(token, caller));
+    res.json(await broker.introspection.introspect(token, caller));
   });
 
   router.get("/events", async (req, res) => {
@@ -110,7 +110,7 @@ export function devRouter(broker: Broker, auth: Authenticator): Router {
     if (!dev) throw new Error("dev router mounted without dev mode");
     const { agent, ttlSeconds } = validate(DevAgentTokenBody, req.body);
     const token = await dev.issueAgentToken(agent, ttlSeconds);
-    res.set("Cache-Control", "no-store").json({ agentId: `dev:${agent}`, token });
+    res.json({ agentId: `dev:${agent}`, token });
   });
   return router;
 }

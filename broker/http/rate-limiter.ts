@@ -1,35 +1,86 @@
 import type { Redis } from "ioredis";
 import type { Clock } from "../clock.ts";
-import { RateLimitedError } from "../errors.ts";
 import type { RedisKeys } from "../redis.ts";
 
-/** Fixed one-minute windows in Redis, shared by every broker process. */
-export class RateLimiter {
+/** Where a bucket stands against its limit. */
+export interface LimitState {
+  /** Events in the sliding window, estimated (see {@link SlidingWindowLimiter}). */
+  readonly count: number;
+  /** `count` has reached the limit: the next event would be over it. */
+  readonly reached: boolean;
+  /** `count` is over the limit. */
+  readonly exceeded: boolean;
+  /** Whole seconds until the estimate falls below the limit again (at least 1). */
+  readonly retryAfterSeconds: number;
+}
+
+/**
+ * Sliding-window limits in Redis, shared by every broker process. The count over the last
+ * window is estimated from two fixed windows: the current one, plus the previous one weighted
+ * by how much of it the sliding window still covers. A burst at a window boundary therefore
+ * does not get a fresh budget, and each bucket costs two small counters that expire by
+ * themselves, however many events it sees.
+ */
+export class SlidingWindowLimiter {
   constructor(
     private readonly redis: Redis,
     private readonly keys: RedisKeys,
     private readonly clock: Clock,
+    private readonly windowMs = 60_000,
   ) {}
 
-  /** Counts a request against `bucket`; throws `rate_limited` past `limit` a minute. */
-  async hit(bucket: string, limit: number): Promise<void> {
-    const { key, retryAfter } = this.window(bucket);
-    const [[, count]] = (await this.redis.multi().incr(key).expire(key, 120).exec()) as [[null, number]];
-    if (count > limit) throw new RateLimitedError(retryAfter);
+  /** Counts one event against `bucket` and says where it stands afterwards. */
+  async hit(bucket: string, limit: number): Promise<LimitState> {
+    const at = this.position();
+    const current = this.key(bucket, at.window);
+    const replies = await this.redis
+      .multi()
+      .incr(current)
+      .pexpire(current, this.windowMs * 2)
+      .get(this.key(bucket, at.window - 1))
+      .exec();
+    const [[, count], , [, previous]] = replies as [[null, number], unknown, [null, string | null]];
+    return this.state(count, Number(previous ?? 0), limit, at.elapsed);
   }
 
-  /** Throws `rate_limited` if `bucket` is already past `limit` this minute, without counting. */
-  async check(bucket: string, limit: number): Promise<void> {
-    const { key, retryAfter } = this.window(bucket);
-    if (Number((await this.redis.get(key)) ?? 0) >= limit) throw new RateLimitedError(retryAfter);
+  /** Where `bucket` stands, without counting anything. */
+  async peek(bucket: string, limit: number): Promise<LimitState> {
+    const at = this.position();
+    const [current, previous] = await this.redis.mget(
+      this.key(bucket, at.window),
+      this.key(bucket, at.window - 1),
+    );
+    return this.state(Number(current ?? 0), Number(previous ?? 0), limit, at.elapsed);
   }
 
-  private window(bucket: string): { key: string; retryAfter: number } {
+  private position(): { window: number; elapsed: number } {
     const now = this.clock.now();
-    const window = Math.floor(now / 60_000);
+    const window = Math.floor(now / this.windowMs);
+    return { window, elapsed: now - window * this.windowMs };
+  }
+
+  /** Both windows of a bucket share a hash slot, so one MULTI may touch them on Redis Cluster. */
+  private key(bucket: string, window: number): string {
+    return this.keys.rateLimit(`{${bucket}}`, window);
+  }
+
+  private state(current: number, previous: number, limit: number, elapsed: number): LimitState {
+    const w = this.windowMs;
+    const count = previous * (1 - elapsed / w) + current;
+    let waitMs: number;
+    if (current < limit) {
+      // Within this window: wait until the previous window's weight has shrunk enough.
+      waitMs = previous > 0 ? w * (1 - (limit - current) / previous) - elapsed : 0;
+    } else {
+      // This window alone is at the limit: wait for the next one, and for this one's weight to shrink.
+      waitMs = w - elapsed + w * (1 - limit / current);
+    }
     return {
-      key: this.keys.rateLimit(bucket, window),
-      retryAfter: Math.max(1, Math.ceil(((window + 1) * 60_000 - now) / 1000)),
+      count,
+      reached: count >= limit,
+      exceeded: count > limit,
+      // At `waitMs` the estimate equals the limit, still reached: the answer is the next whole second.
+      retryAfterSeconds: Math.max(1, Math.floor(waitMs / 1000) + 1),
     };
   }
 }

@@ -6,29 +6,60 @@ import { TASK_STATUSES } from "../tasks/task.ts";
 
 /** Request and response shapes; validation and /openapi.json both come from these. */
 
-const id = z.string().min(1).max(128);
+/** Task and lease ids as the broker makes them (`tsk_` + base64url), with room to spare. */
+export const TaskId = z.string().regex(/^tsk_[A-Za-z0-9_-]{1,43}$/, "a task id (tsk_…)");
+export const LeaseId = z.string().regex(/^lse_[A-Za-z0-9_-]{1,43}$/, "a lease id (lse_…)");
+/** `<issuer name>:<claim>`; the claim is the issuer's to choose, so only its length is bounded. */
+const agentId = z.string().min(3).max(512);
 const resourceName = z.string().min(1).max(64);
-const scopes = z.array(z.string().min(1).max(128)).min(1).max(32);
+const scopes = z
+  .array(z.string().min(1).max(128))
+  .min(1)
+  .max(32)
+  .refine((list) => new Set(list).size === list.length, "a scope is listed twice");
 const limit = z.coerce.number().int().min(1).max(1000).default(100);
+
+/**
+ * Characters that make text shown to an approver read differently from what it holds: control
+ * characters (NUL, newlines, escapes), bidirectional overrides, embeddings, isolates and marks,
+ * invisible separators and the byte-order mark.
+ */
+const DECEPTIVE_CHARACTERS = /[\p{Cc}\u061C\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]/u;
+
+/** Free text a person will read: printable characters only, trimmed, `min` to `max` long. */
+function humanText(min: number, max: number) {
+  return z
+    .string()
+    .trim()
+    .min(min)
+    .max(max)
+    .refine((text) => !DECEPTIVE_CHARACTERS.test(text), {
+      message: "control, bidirectional-override and invisible characters are not allowed",
+    });
+}
+
+/** An audit event id, as `after` takes it: `<milliseconds>-<sequence>-<shard>`. */
+export const AuditCursor = z
+  .string()
+  .regex(/^\d{1,15}-\d{1,15}-\d{1,3}$/, "an audit event id, e.g. 1718000000000-0-3");
 
 export const CreateTaskBody = z
   .object({
-    goal: z
-      .string()
-      .trim()
-      .min(1)
-      .max(2000)
-      .describe("What the agent will do, in words an approver can judge"),
+    goal: humanText(1, 2000).describe("What the agent will do, in words an approver can judge"),
     resources: z
       .array(z.object({ resource: resourceName, scopes }).strict())
       .min(1)
-      .max(20),
+      .max(20)
+      .refine(
+        (list) => new Set(list.map((entry) => entry?.resource)).size === list.length,
+        "a resource is listed twice: give each resource once, with all its scopes",
+      ),
     dataClassification: z.enum(CLASSIFICATIONS).optional(),
     ttlSeconds: z.number().int().min(1).optional(),
   })
   .strict();
 
-export const DecisionBody = z.object({ note: z.string().max(1000).optional() }).strict();
+export const DecisionBody = z.object({ note: humanText(0, 1000).optional() }).strict();
 
 export const MintLeaseBody = z
   .object({
@@ -46,18 +77,18 @@ export const RenewLeaseBody = z
 
 export const RevocationBody = z
   .object({
-    leaseId: id.optional(),
-    taskId: id.optional(),
-    agentId: id.optional(),
+    leaseId: LeaseId.optional(),
+    taskId: TaskId.optional(),
+    agentId: agentId.optional(),
     resource: resourceName.optional(),
     all: z.literal(true).optional(),
-    reason: z.string().trim().min(1).max(500),
+    reason: humanText(1, 500),
   })
   .strict();
 
 export const IntrospectBody = z.object({
   token: z.string().min(1).max(16_384),
-  token_type_hint: z.string().optional(),
+  token_type_hint: z.string().max(64).optional(),
 });
 
 export const DevAgentTokenBody = z
@@ -95,14 +126,14 @@ export const EventsQuery = z
   .strict();
 
 export const TaskListQuery = z
-  .object({ status: z.enum(TASK_STATUSES).optional(), agentId: id.optional(), limit })
+  .object({ status: z.enum(TASK_STATUSES).optional(), agentId: agentId.optional(), limit })
   .strict();
 
 export const LeaseListQuery = z
   .object({
     status: z.enum(LEASE_STATUSES).optional(),
-    taskId: id.optional(),
-    agentId: id.optional(),
+    taskId: TaskId.optional(),
+    agentId: agentId.optional(),
     resource: resourceName.optional(),
     limit,
   })
@@ -110,16 +141,16 @@ export const LeaseListQuery = z
 
 export const AuditListQuery = z
   .object({
-    taskId: id.optional(),
-    agentId: id.optional(),
-    leaseId: id.optional(),
-    after: id.optional(),
+    taskId: TaskId.optional(),
+    agentId: agentId.optional(),
+    leaseId: LeaseId.optional(),
+    after: AuditCursor.optional(),
     limit,
   })
   .strict();
 
 export const TaskSchema = z.object({
-  id,
+  id: TaskId,
   agentId: z.string(),
   agentOwner: z.string().optional(),
   goal: z.string(),
@@ -132,13 +163,19 @@ export const TaskSchema = z.object({
   expiresAt: z.iso.datetime(),
   approvedAt: z.iso.datetime().optional(),
   approvedBy: z.string().optional(),
+  deniedAt: z.iso.datetime().optional(),
+  deniedBy: z.string().optional(),
   note: z.string().optional(),
   closedAt: z.iso.datetime().optional(),
+  closedBy: z
+    .string()
+    .optional()
+    .describe("Who ended the task: an actor such as agent:<id> or operator:<name>"),
 });
 
 export const LeaseSchema = z.object({
-  id,
-  taskId: id,
+  id: LeaseId,
+  taskId: TaskId,
   agentId: z.string(),
   resource: z.string(),
   adapter: z.string(),
@@ -149,8 +186,12 @@ export const LeaseSchema = z.object({
   revocable: z.boolean(),
   revocation: z.enum(["backend", "introspection", "none"]),
   renewedAt: z.iso.datetime().optional(),
-  revokedAt: z.iso.datetime().optional(),
   revokeReason: z.enum(REVOKE_REASONS).optional(),
+  revokeRequestedAt: z.iso.datetime().optional(),
+  revokeRequestedBy: z.string().optional(),
+  revokedAt: z.iso.datetime().optional(),
+  revokeFailedAt: z.iso.datetime().optional(),
+  lastError: z.string().optional().describe("Why the last revocation attempt failed (never a secret)"),
 });
 
 export const CredentialSchema = z
@@ -182,13 +223,42 @@ export const IntrospectionSchema = z
   .object({
     active: z.boolean(),
     scope: z.string().optional(),
+    client_id: z.string().optional().describe("The agent the credential was minted for"),
     sub: z.string().optional(),
     aud: z.union([z.string(), z.array(z.string())]).optional(),
     iss: z.string().optional(),
-    exp: z.number().optional(),
-    iat: z.number().optional(),
-    jti: z.string().optional(),
+    exp: z.number().int().optional(),
+    iat: z.number().int().optional(),
+    nbf: z.number().int().optional(),
+    jti: z.string().optional().describe("The lease id"),
     token_type: z.string().optional(),
     task_id: z.string().optional(),
+    resource: z.string().optional().describe("The resource the credential is for"),
   })
-  .describe("RFC 7662 introspection response");
+  .describe("RFC 7662 introspection response; an inactive answer holds only active: false");
+
+export const ReadinessSchema = z.object({
+  status: z.enum(["ready", "not_ready"]),
+  redis: z.boolean().describe("Redis answered a PING"),
+  workers: z.number().int().describe("Revocation workers attached to the queue"),
+});
+
+export const DevAgentTokenSchema = z.object({ agentId: z.string(), token: z.string() });
+
+export const RevocationSchema = z.object({
+  revocation: z.object({
+    id: z.string(),
+    selector: z.object({
+      leaseId: z.string().optional(),
+      taskId: z.string().optional(),
+      agentId: z.string().optional(),
+      resource: z.string().optional(),
+      all: z.boolean().optional(),
+    }),
+    reason: z.string(),
+    requestedBy: z.string(),
+    requestedAt: z.iso.datetime(),
+    matched: z.number().int().describe("Leases moved to revoking by this request"),
+    tasksRevoked: z.number().int().describe("Live tasks ended as revoked by this request"),
+  }),
+});

@@ -1,13 +1,21 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import type { Authenticator } from "./auth.ts";
-import { CreateTaskBody, DecisionBody, MintLeaseBody, TaskListQuery, TaskReadQuery } from "./schemas.ts";
-import { validate } from "./validate.ts";
+import {
+  CreateTaskBody,
+  DecisionBody,
+  MintLeaseBody,
+  TaskId,
+  TaskListQuery,
+  TaskReadQuery,
+} from "./schemas.ts";
+import { idParam, validate } from "./validate.ts";
 import { leaseView, taskView } from "./views.ts";
 
 /** `/v1/tasks`: create, read, list, approve/deny, complete, and mint leases for a task. */
 export function tasksRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
+  router.param("id", idParam(TaskId, "task"));
 
   router.post("/", async (req, res) => {
     const agent = await auth.agent(req);
@@ -55,8 +63,8 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
     const agent = await auth.agent(req);
     const body = validate(MintLeaseBody, req.body);
     const { lease, credential } = await broker.leases.mint(agent, req.params.id, body);
-    // The secret travels in this one response; nothing may cache it.
-    res.set("Cache-Control", "no-store").set("Pragma", "no-cache");
+    // The secret travels in this one response; nothing may cache it (every /v1 answer says no-store).
+    res.set("Pragma", "no-cache");
     res
       .status(201)
       .location(`/v1/leases/${lease.id}`)

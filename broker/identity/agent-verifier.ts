@@ -1,6 +1,8 @@
+import { createHash } from "node:crypto";
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
+  customFetch,
   decodeJwt,
   type JSONWebKeySet,
   type JWTVerifyGetKey,
@@ -26,15 +28,66 @@ export const AGENT_TOKEN_ALGORITHMS = [
   "Ed25519",
 ];
 
-/** An identity token that did not verify; `reason` is safe to log and audit. */
+/** The most a remote JWKS answer may hold; a larger one is refused before it is parsed. */
+export const JWKS_MAX_BYTES = 1024 * 1024;
+
+/**
+ * An identity token that did not verify. Every field is bounded and safe to log and audit:
+ * `reason` is one of a few fixed phrases, `issuer` is a configured issuer's name, and an
+ * issuer nobody configured appears only as `issuerDigest`, so a token cannot make the
+ * broker store what it carries.
+ */
 export class IdentityRejectedError extends UnauthenticatedError {
   readonly reason: string;
   readonly issuer: string | undefined;
-  constructor(reason: string, issuer?: string) {
+  readonly issuerDigest: string | undefined;
+  constructor(reason: string, issuer?: string, issuerDigest?: string) {
     super(`identity token rejected: ${reason}`);
     this.reason = reason;
     this.issuer = issuer;
+    this.issuerDigest = issuerDigest;
   }
+}
+
+/** A short, stable stand-in for an unverified value: correlates repeats, stores nothing of it. */
+export function digestOf(value: string): string {
+  return `sha256:${createHash("sha256").update(value, "utf8").digest("hex").slice(0, 16)}`;
+}
+
+/** The issuer's key endpoint answered too much, or not JSON-sized at all. */
+class JwksTooLargeError extends Error {
+  constructor() {
+    super(`JWKS answer is over ${JWKS_MAX_BYTES} bytes`);
+    this.name = "JwksTooLargeError";
+  }
+}
+
+/**
+ * `fetch` for jose's remote key sets that stops reading past {@link JWKS_MAX_BYTES}: a huge
+ * answer costs one issuer a failed fetch, not the broker its memory and event loop.
+ */
+async function fetchCappedJwks(url: string, init: RequestInit): Promise<Response> {
+  const response = await fetch(url, init);
+  if (Number(response.headers.get("content-length") ?? 0) > JWKS_MAX_BYTES) {
+    await response.body?.cancel();
+    throw new JwksTooLargeError();
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > JWKS_MAX_BYTES) {
+        await reader.cancel();
+        throw new JwksTooLargeError();
+      }
+      chunks.push(value);
+    }
+  }
+  return new Response(Buffer.concat(chunks), { status: response.status, headers: response.headers });
 }
 
 /** Does a bearer token look like a JWS compact serialization? */
@@ -56,10 +109,13 @@ export class AgentVerifier {
     for (const issuer of identity.issuers) {
       const keys = issuer.jwks
         ? createLocalJWKSet(issuer.jwks as unknown as JSONWebKeySet)
-        : // jose caches the remote set and refetches on an unknown kid, at most every 30 s.
+        : // jose caches the remote set, refetches on an unknown kid at most every 30 s, and shares
+          // one fetch among concurrent requests: a slow endpoint holds up only this issuer's agents.
           createRemoteJWKSet(new URL(issuer.jwksUri as string), {
             cooldownDuration: 30_000,
             cacheMaxAge: 600_000,
+            timeoutDuration: Math.round((identity.jwksTimeoutSeconds ?? 5) * 1000),
+            [customFetch]: fetchCappedJwks,
           });
       this.#issuers.set(issuer.issuer, { config: issuer, keys });
     }
@@ -74,7 +130,13 @@ export class AgentVerifier {
       throw new IdentityRejectedError("malformed token");
     }
     const issuer = unverifiedIssuer ? this.#issuers.get(unverifiedIssuer) : undefined;
-    if (!issuer) throw new IdentityRejectedError("untrusted issuer", unverifiedIssuer);
+    if (!issuer) {
+      throw new IdentityRejectedError(
+        "untrusted issuer",
+        undefined,
+        typeof unverifiedIssuer === "string" ? digestOf(unverifiedIssuer) : undefined,
+      );
+    }
     try {
       const { payload } = await jwtVerify(token, issuer.keys, {
         issuer: issuer.config.issuer,
@@ -102,15 +164,22 @@ export class AgentVerifier {
   }
 }
 
+/** A fixed phrase per failure: what jose reports may quote the token, so none of it is passed on. */
 function describeJoseError(error: unknown): string {
   if (error instanceof joseErrors.JWTExpired) return "token expired";
-  if (error instanceof joseErrors.JWTClaimValidationFailed)
-    return `claim ${error.claim} invalid: ${error.reason}`;
+  if (error instanceof joseErrors.JWTClaimValidationFailed) {
+    // jose names only registered claims here; the cap keeps it so whatever a later version does.
+    return `claim ${String(error.claim).slice(0, 32)} invalid`;
+  }
   if (error instanceof joseErrors.JOSEAlgNotAllowed) return "algorithm not allowed";
   if (error instanceof joseErrors.JWSSignatureVerificationFailed) return "signature invalid";
   if (error instanceof joseErrors.JWKSNoMatchingKey) return "no matching key";
-  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JOSEError) {
-    return (error as joseErrors.JOSEError).code;
+  if (error instanceof joseErrors.JWKSTimeout) return "issuer keys timed out";
+  if (error instanceof JwksTooLargeError) return "issuer keys too large";
+  if (error instanceof joseErrors.JWKSInvalid || error instanceof TypeError) return "issuer keys unavailable";
+  if (error instanceof joseErrors.JOSEError) {
+    // jose's generic error is what a non-200 or non-JSON key endpoint raises.
+    return error.code === "ERR_JOSE_GENERIC" ? "issuer keys unavailable" : error.code;
   }
   return "verification failed";
 }

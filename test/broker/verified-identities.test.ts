@@ -17,6 +17,7 @@ describe("verified identity cache", () => {
         audience: "jitkey",
         maxTokenAgeSeconds: options.maxTokenAgeSeconds ?? 3600,
         clockSkewSeconds: 0,
+        jwksTimeoutSeconds: 5,
         issuers: [{ ...issuer.config(), agentIdClaim: "sub" }],
       },
       () => clock.now(),

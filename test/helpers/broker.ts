@@ -12,6 +12,7 @@ import { createApp } from "../../broker/app.ts";
 import { type Broker, createBroker } from "../../broker/broker.ts";
 import type { Clock } from "../../broker/clock.ts";
 import { type Config, parseConfig } from "../../broker/config.ts";
+import type { DevModeSecrets } from "../../broker/dev-mode.ts";
 import { createLogger } from "../../broker/logger.ts";
 import { sha256Hex } from "../../broker/operators/principal-tokens.ts";
 import { TestIssuer } from "./identity.ts";
@@ -50,6 +51,10 @@ export interface TestBrokerOptions {
   issuer?: TestIssuer;
   /** Adapters for further resources of `config`, by resource name (adapters under test, on fakes). */
   adapters?: ReadonlyMap<string, CredentialAdapter>;
+  /** The broker's Redis, when not the shared one (the `records` adapter stays on the shared one). */
+  redisUrl?: string;
+  /** Dev-mode extras: with them (and `devMode: true` in the config) the dev routes are mounted. */
+  dev?: DevModeSecrets;
 }
 
 /** A broker over real Redis with a unique prefix, a test issuer, operators and adapters. */
@@ -137,7 +142,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
   const introspectorToken = `rs-${randomBytes(16).toString("hex")}`;
   const prefix = options.prefix ?? uniquePrefix(options.name);
   const raw = defaultTestConfig(issuer, { operator: operatorToken, introspector: introspectorToken });
-  raw.redis = { url: testRedisUrl(), prefix };
+  raw.redis = { url: options.redisUrl ?? testRedisUrl(), prefix };
   raw.data = { dir: await dataDir() };
   await options.config?.(raw);
   const config = parseConfig(raw, "test config");
@@ -150,6 +155,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
     clock: options.clock,
     issuer: "http://jitkey.test",
     adapters: new Map<string, CredentialAdapter>([["records", recording], ...(options.adapters ?? [])]),
+    dev: options.dev,
   });
   const worker =
     options.workers === false

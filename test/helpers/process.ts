@@ -19,6 +19,11 @@ export function spawnBroker(env: Record<string, string | undefined>, args: strin
     env: { ...process.env, REDIS_URL: undefined, JITKEY_CONFIG: undefined, LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  return captureOutput(child);
+}
+
+/** Collects a child's stdout and stderr as it runs (any command that starts a broker, e.g. `npm start`). */
+export function captureOutput(child: ChildProcess): BrokerProcess {
   let out = "";
   let err = "";
   child.stdout?.on("data", (chunk) => {

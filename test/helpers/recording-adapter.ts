@@ -25,6 +25,8 @@ export class RecordingAdapter implements CredentialAdapter {
   readonly renewals: RenewRequest[] = [];
   issueCalls = 0;
   revokeCalls = 0;
+  /** Revoke calls per lease id, to tell a revocation done once from one done twice. */
+  readonly revokeCallsByLease = new Map<string, number>();
   /** Fail issuing before or after creating the artifact. */
   failIssue: "before-create" | "after-create" | undefined;
   /** How many revoke calls fail (transiently) before they succeed. */
@@ -84,6 +86,7 @@ export class RecordingAdapter implements CredentialAdapter {
 
   async revoke(request: RevokeRequest): Promise<void> {
     this.revokeCalls += 1;
+    this.revokeCallsByLease.set(request.leaseId, (this.revokeCallsByLease.get(request.leaseId) ?? 0) + 1);
     if (this.revokeGate) await this.revokeGate;
     if (this.revokePermanent) throw new AdapterError("permission denied by backend", { permanent: true });
     if (this.revokeFailures > 0) {

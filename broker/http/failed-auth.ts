@@ -1,0 +1,115 @@
+import type { Request } from "express";
+import type { Redis } from "ioredis";
+import type { AuditLog } from "../audit/audit-log.ts";
+import type { Clock } from "../clock.ts";
+import { RateLimitedError } from "../errors.ts";
+import { digestOf, type IdentityRejectedError } from "../identity/agent-verifier.ts";
+import type { Metrics } from "../metrics.ts";
+import type { RedisKeys } from "../redis.ts";
+import type { LimitState, SlidingWindowLimiter } from "./rate-limiter.ts";
+
+/** The longest any string taken from a request may be in an audit event. */
+const FIELD_CAP = 200;
+const SUMMARY_WINDOW_MS = 60_000;
+
+/** Caps an untrusted string for storage. */
+export function capped(value: string, max = FIELD_CAP): string {
+  return value.length > max ? `${value.slice(0, max)}…` : value;
+}
+
+/** The client's address as Express sees it (after `trustProxy`), bounded. */
+export function clientAddress(req: Request): string {
+  return capped(req.ip ?? req.socket.remoteAddress ?? "unknown", 64);
+}
+
+/** `POST /v1/tasks/:id/leases`: the route's template, never the raw URL a client chose. */
+export function routeTemplate(req: Request): string {
+  const path = `${req.baseUrl}${(req.route as { path?: string } | undefined)?.path ?? ""}`;
+  return capped(`${req.method} ${path.length > 1 ? path.replace(/\/$/, "") : path}`, 100);
+}
+
+/**
+ * The failed-authentication limit of one client address. It is consulted before a credential
+ * is looked at, and decides only what happens to credentials that fail: below the limit each
+ * rejection is audited (in bounded form) and counted; past it, rejections answer 429 and are
+ * only counted — a metric, and one summary event per address and minute — so failures cannot
+ * make the broker store more than a few kilobytes per address and minute. A credential that
+ * matches is never refused here, whatever its address did before.
+ */
+export class FailedAuthLimit {
+  constructor(
+    private readonly deps: {
+      limiter: SlidingWindowLimiter;
+      redis: Redis;
+      keys: RedisKeys;
+      audit: AuditLog;
+      metrics: Metrics;
+      clock: Clock;
+      perMinute: number;
+    },
+  ) {}
+
+  /** Where the request's address stands; read before anything else is done with its credential. */
+  standing(req: Request): Promise<LimitState> {
+    return this.deps.limiter.peek(this.bucket(req), this.deps.perMinute);
+  }
+
+  /**
+   * Handles a credential that did not verify, given the address's standing read beforehand.
+   * Always throws: `rate_limited` past the limit, else `rejection` itself.
+   */
+  async reject(req: Request, standing: LimitState, rejection: IdentityRejectedError): Promise<never> {
+    const { metrics, audit, limiter, perMinute } = this.deps;
+    metrics.identityRejected.inc();
+    if (standing.reached) {
+      metrics.denials.inc({ decision: "identity", code: "rate_limited" });
+      await this.summarise(req);
+      throw new RateLimitedError(standing.retryAfterSeconds);
+    }
+    const after = await limiter.hit(this.bucket(req), perMinute);
+    await audit.record({
+      type: "identity_rejected",
+      actor: `ip:${clientAddress(req)}`,
+      decision: "deny",
+      reason: capped(rejection.reason),
+      ...(rejection.issuer ? { issuer: capped(rejection.issuer, 64) } : {}),
+      ...(rejection.issuerDigest ? { issuerDigest: rejection.issuerDigest } : {}),
+      route: routeTemplate(req),
+    });
+    if (after.exceeded) throw new RateLimitedError(after.retryAfterSeconds);
+    throw rejection;
+  }
+
+  private bucket(req: Request): string {
+    return `auth-fail:${digestOf(clientAddress(req))}`;
+  }
+
+  /**
+   * The first rejection past the limit in each minute writes one event for the address, with
+   * how many were left unrecorded in the minute before; the rest only add to a counter.
+   */
+  private async summarise(req: Request): Promise<void> {
+    const { redis, keys, clock, audit } = this.deps;
+    const window = Math.floor(clock.now() / SUMMARY_WINDOW_MS);
+    const bucket = `{auth-summary:${digestOf(clientAddress(req))}}`;
+    const current = keys.rateLimit(bucket, window);
+    const replies = await redis
+      .multi()
+      .incr(current)
+      .pexpire(current, SUMMARY_WINDOW_MS * 2)
+      .get(keys.rateLimit(bucket, window - 1))
+      .exec();
+    const [[, count], , [, previous]] = replies as [[null, number], unknown, [null, string | null]];
+    if (count !== 1) return;
+    await audit.record({
+      type: "identity_rejected_summary",
+      actor: `ip:${clientAddress(req)}`,
+      decision: "deny",
+      reason:
+        "failed-auth limit reached: further rejections from this address this minute are counted, not recorded",
+      windowStart: new Date(window * SUMMARY_WINDOW_MS).toISOString(),
+      unrecordedLastMinute: Number(previous ?? 0),
+      route: routeTemplate(req),
+    });
+  }
+}

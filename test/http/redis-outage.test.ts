@@ -1,0 +1,190 @@
+import { mkdtemp, readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { expect } from "chai";
+import express from "express";
+import supertest, { type Response } from "supertest";
+import { type EmbeddedRedis, freePort, startEmbeddedRedis } from "../../broker/embedded-redis.ts";
+import { errorMiddleware, sendError } from "../../broker/http/error-middleware.ts";
+import { failFastWhileRedisDown, RedisHealth } from "../../broker/http/redis-health.ts";
+import { createLogger } from "../../broker/logger.ts";
+import { connectRedis } from "../../broker/redis.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { eventually } from "../helpers/redis.ts";
+
+/** Times a request; a request that hangs fails the test after `timeoutMs` instead. */
+async function timed(request: PromiseLike<Response>): Promise<{ res: Response; ms: number }> {
+  const started = performance.now();
+  const res = await request;
+  return { res, ms: Math.round(performance.now() - started) };
+}
+
+describe("Redis killed (SIGKILL) and restarted from its AOF under a live broker", () => {
+  let dir: string;
+  let port: number;
+  let redis: EmbeddedRedis | undefined;
+  let t: TestBroker | undefined;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "jitkey-outage-"));
+    port = await freePort();
+    redis = await startEmbeddedRedis(dir, { port });
+  });
+  after(async () => {
+    await t?.close({ keepKeys: true });
+    await redis?.stop();
+  });
+
+  it("answers 503 at once while Redis is down, recovers by itself, loses no lease, and revokes each lease due meanwhile exactly once", async function () {
+    this.timeout(60_000);
+    t = await startTestBroker({ name: "outage", redisUrl: redis?.url });
+    const broker = t;
+    const agent = { Authorization: `Bearer ${await broker.agentToken("agent-outage")}` };
+    const op = { Authorization: `Bearer ${broker.operatorToken}` };
+    const rs = { Authorization: `Bearer ${broker.introspectorToken}` };
+    const task = {
+      goal: "read records through an outage",
+      resources: [{ resource: "records", scopes: ["read"] }],
+    };
+
+    const created = await broker.http.post("/v1/tasks").set(agent).send(task).expect(201);
+    const taskId = created.body.task.id as string;
+    await broker.http.post(`/v1/tasks/${taskId}/approve`).set(op).send({}).expect(200);
+    const leaseIds: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      const minted = await broker.http
+        .post(`/v1/tasks/${taskId}/leases`)
+        .set(agent)
+        .send({ resource: "records", ttlSeconds: 3 })
+        .expect(201);
+      leaseIds.push(minted.body.lease.id);
+    }
+    // A jwt credential, to ask introspection about while Redis is gone.
+    const demo = await broker.http
+      .post("/v1/tasks")
+      .set({ Authorization: `Bearer ${await broker.agentToken("repo:acme/app:ref:refs/heads/main")}` })
+      .send({ goal: "read demo", resources: [{ resource: "demo-api", scopes: ["read"] }] })
+      .expect(201);
+    const demoLease = await broker.http
+      .post(`/v1/tasks/${demo.body.task.id}/leases`)
+      .set({ Authorization: `Bearer ${await broker.agentToken("repo:acme/app:ref:refs/heads/main")}` })
+      .send({ resource: "demo-api", ttlSeconds: 300 })
+      .expect(201);
+    expect(broker.recording.revokeCalls).to.equal(0);
+
+    // SIGKILL: no shutdown, nothing flushed beyond what the AOF already holds.
+    const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
+    process.kill(pid, "SIGKILL");
+    await eventually(async () => (await broker.http.get("/readyz")).status === 503, 5_000);
+
+    const figures: Record<string, number> = {};
+    const write = await timed(broker.http.post("/v1/tasks").set(agent).send(task).timeout(5_000));
+    expect(write.res.status).to.equal(503);
+    expect(write.res.body.error.code).to.equal("unavailable");
+    expect(write.res.headers["retry-after"]).to.equal("1");
+    figures.createTaskMs = write.ms;
+    const mint = await timed(
+      broker.http.post(`/v1/tasks/${taskId}/leases`).set(agent).send({ resource: "records" }).timeout(5_000),
+    );
+    expect(mint.res.status).to.equal(503);
+    figures.mintMs = mint.ms;
+    const release = await timed(broker.http.delete(`/v1/leases/${leaseIds[0]}`).set(agent).timeout(5_000));
+    expect(release.res.status).to.equal(503);
+    figures.releaseMs = release.ms;
+    const introspection = await timed(
+      broker.http
+        .post("/v1/introspect")
+        .set(rs)
+        .type("form")
+        .send({ token: demoLease.body.credential.token })
+        .timeout(5_000),
+    );
+    // Fail closed: never `active: true` on a state nobody can read.
+    expect(introspection.res.status).to.equal(503);
+    figures.introspectMs = introspection.ms;
+    const ready = await timed(broker.http.get("/readyz").timeout(5_000));
+    expect(ready.res.status).to.equal(503);
+    expect(ready.res.body).to.include({ status: "not_ready", redis: false });
+    figures.readyzMs = ready.ms;
+    await broker.http.get("/healthz").expect(200);
+
+    // Every lease falls due while Redis is down.
+    await new Promise((resolve) => setTimeout(resolve, 3_500));
+    expect(broker.recording.revokeCalls, "nothing can be revoked without the queue").to.equal(0);
+
+    const restarted = performance.now();
+    redis = await startEmbeddedRedis(dir, { port });
+    await eventually(async () => (await broker.http.get("/readyz")).status === 200, 20_000);
+    figures.recoveryMs = Math.round(performance.now() - restarted);
+
+    // No lease was lost: each is back from the AOF, and each due one is revoked, once.
+    const revoked = await eventually(async () => {
+      const leases = await Promise.all(
+        leaseIds.map(
+          async (id) => (await broker.http.get(`/v1/leases/${id}`).set(op).expect(200)).body.lease,
+        ),
+      );
+      return leases.every((lease) => lease.status === "revoked") ? leases : undefined;
+    }, 20_000);
+    figures.allRevokedMs = Math.round(performance.now() - restarted);
+    expect(revoked.map((lease) => lease.revokeReason)).to.deep.equal(leaseIds.map(() => "expired"));
+    for (const id of leaseIds) expect(broker.recording.revokeCallsByLease.get(id), id).to.equal(1);
+    expect(await broker.recording.liveArtifacts()).to.not.include.members(leaseIds);
+    for (const id of leaseIds) {
+      const audit = await broker.http.get(`/v1/audit?leaseId=${id}`).set(op).expect(200);
+      const types = (audit.body.events as { type: string }[]).map((event) => event.type);
+      expect(
+        types.filter((type) => type === "lease_revoked"),
+        id,
+      ).to.have.length(1);
+    }
+
+    // And the broker works again without a restart.
+    const again = await broker.http.post("/v1/tasks").set(agent).send(task).expect(201);
+    expect(again.body.task.status).to.equal("pending");
+    const introspected = await broker.http
+      .post("/v1/introspect")
+      .set(rs)
+      .type("form")
+      .send({ token: demoLease.body.credential.token })
+      .expect(200);
+    expect(introspected.body.active).to.equal(true);
+    process.stdout.write(`      figures: ${JSON.stringify(figures)}\n`);
+  });
+});
+
+describe("a request waiting on Redis when the connection drops", () => {
+  it("answers 503 unavailable instead of waiting for Redis to come back", async function () {
+    this.timeout(20_000);
+    const dir = await mkdtemp(join(tmpdir(), "jitkey-inflight-"));
+    const redis = await startEmbeddedRedis(dir, { port: await freePort() });
+    // A queue connection waits for Redis forever, as BullMQ needs: what an enqueue runs on.
+    const queue = connectRedis(redis.url, { forQueues: true });
+    const health = new RedisHealth({ queue }, createLogger({ level: "error", transports: [] }));
+    const app = express();
+    app.use("/v1", failFastWhileRedisDown(health, sendError));
+    app.get("/v1/stuck", async (_req, res) => {
+      // Blocks until Redis answers, which it never does once killed.
+      res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
+    });
+    app.use(errorMiddleware(createLogger({ level: "error", transports: [] }), health));
+    try {
+      await queue.ping();
+      const pending = timed(supertest(app).get("/v1/stuck").timeout(10_000));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
+      process.kill(pid, "SIGKILL");
+      const { res, ms } = await pending;
+      expect(res.status).to.equal(503);
+      expect(res.body.error.code).to.equal("unavailable");
+      expect(res.headers["retry-after"]).to.equal("1");
+      // Sent 200 ms before the kill, answered about half a second after it.
+      expect(ms).to.be.below(5_000);
+      // A request arriving while Redis is gone is answered without waiting at all.
+      expect((await supertest(app).get("/v1/stuck").timeout(5_000)).status).to.equal(503);
+    } finally {
+      queue.disconnect();
+      await redis.stop();
+    }
+  });
+});
