@@ -4,7 +4,7 @@ import type { Redis } from "ioredis";
 import type { Logger } from "winston";
 import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
-import { adapterFactories } from "../adapters/registry.ts";
+import { adapterLoaders } from "../adapters/registry.ts";
 import type { AdapterContext, CredentialAdapter } from "../adapters/types.ts";
 import { DueSweeper } from "../jobs/due-sweeper.ts";
 import { NotificationDispatcher, notificationQueue, startNotificationWorker } from "../jobs/notifications.ts";
@@ -110,7 +110,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       pemAlgorithm: config.signing.pemAlgorithm,
     });
     await checkShardCount(redis, keys);
-    config.resources.forEach((resource, index) => {
+    for (const [index, resource] of config.resources.entries()) {
       const context: AdapterContext = {
         resource: resource.name,
         scopes: resource.scopes,
@@ -122,10 +122,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       };
       adapters.set(
         resource.name,
-        options.adapters?.get(resource.name) ?? buildAdapter(resource, index, context),
+        options.adapters?.get(resource.name) ?? (await buildAdapter(resource, index, context)),
       );
       if (!resource.owner) logger.warn("resource has no accountable owner", { resource: resource.name });
-    });
+    }
   } catch (error) {
     // A broker that cannot start leaves nothing open behind it.
     await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));
@@ -362,9 +362,14 @@ async function checkShardCount(redis: Redis, keys: RedisKeys): Promise<void> {
 }
 
 /** Builds a resource's adapter; options the adapter refuses become a ConfigError naming the field. */
-function buildAdapter(resource: ResourceConfig, index: number, context: AdapterContext): CredentialAdapter {
+async function buildAdapter(
+  resource: ResourceConfig,
+  index: number,
+  context: AdapterContext,
+): Promise<CredentialAdapter> {
+  const factory = await adapterLoaders[resource.adapter]();
   try {
-    return adapterFactories[resource.adapter](resource.options, context);
+    return factory(resource.options, context);
   } catch (error) {
     if (error instanceof ZodError) {
       const fields = error.issues.map(

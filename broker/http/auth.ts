@@ -64,14 +64,14 @@ export class Authenticator {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
     const token = match[1];
-    // The address's standing is read before the credential is looked at: it decides what a
-    // failure costs (audited, or only counted), never whether a credential that matches gets in.
-    const standing = await this.#failures.standing(req);
     let principal: Principal;
     try {
       principal = looksLikeJwt(token) ? await this.broker.verifier.verify(token) : this.opaque(token);
     } catch (error) {
-      if (error instanceof IdentityRejectedError) return this.#failures.reject(req, standing, error);
+      // The address's standing decides only what a failure costs (audited, or only counted),
+      // never whether a credential that matches gets in: a success never reads it.
+      if (error instanceof IdentityRejectedError)
+        return this.#failures.reject(req, await this.#failures.standing(req), error);
       throw error;
     }
     if (principal.kind === "agent") {

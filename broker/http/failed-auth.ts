@@ -29,8 +29,8 @@ export function routeTemplate(req: Request): string {
 }
 
 /**
- * The failed-authentication limit of one client address. It is consulted before a credential
- * is looked at, and decides only what happens to credentials that fail: below the limit each
+ * The failed-authentication limit of one client address. It decides only what happens to
+ * credentials that fail: below the limit each
  * rejection is audited (in bounded form) and counted; past it, rejections answer 429 and are
  * only counted — a metric, and one summary event per address and minute — so failures cannot
  * make the broker store more than a few kilobytes per address and minute. A credential that
@@ -49,13 +49,13 @@ export class FailedAuthLimit {
     },
   ) {}
 
-  /** Where the request's address stands; read before anything else is done with its credential. */
+  /** Where the request's address stands, before this request's failure is counted. */
   standing(req: Request): Promise<LimitState> {
     return this.deps.limiter.peek(this.bucket(req), this.deps.perMinute);
   }
 
   /**
-   * Handles a credential that did not verify, given the address's standing read beforehand.
+   * Handles a credential that did not verify, given the address's standing.
    * Always throws: `rate_limited` past the limit, else `rejection` itself.
    */
   async reject(req: Request, standing: LimitState, rejection: IdentityRejectedError): Promise<never> {
