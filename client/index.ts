@@ -53,6 +53,7 @@ export {
 export type { RetryOptions, TokenSource } from "./transport.ts";
 export type {
   AuditEvent,
+  AuditVerification,
   Classification,
   Credential,
   Lease,

@@ -1,7 +1,15 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { completeTask, readLease, readTask, releaseLease } from "./shared-routes.ts";
 import { BrokerTransport, type RetryOptions } from "./transport.ts";
-import type { AuditEvent, Lease, LeaseStatus, Revocation, Task, TaskStatus } from "./types.ts";
+import type {
+  AuditEvent,
+  AuditVerification,
+  Lease,
+  LeaseStatus,
+  Revocation,
+  Task,
+  TaskStatus,
+} from "./types.ts";
 
 export interface JitkeyOperatorClientOptions {
   /** The broker's base URL. */
@@ -137,6 +145,19 @@ export class JitkeyOperatorClient {
       idempotent: false,
     });
     return revocation;
+  }
+
+  /**
+   * Has the audit trail been tampered with? The broker recomputes its hash chains against the
+   * signed checkpoints: `ok`, or the first event of the first segment that does not match.
+   */
+  verifyAudit(): Promise<AuditVerification> {
+    return this.#http.send<AuditVerification>({ method: "GET", path: "/v1/audit/verify", idempotent: true });
+  }
+
+  /** The whole trail with its signed checkpoints and the broker's public keys, as JSON Lines. */
+  exportAudit(): Promise<string> {
+    return this.#http.text({ method: "GET", path: "/v1/audit/export", idempotent: true });
   }
 
   /** One page of audit events, oldest first. */

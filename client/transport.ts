@@ -60,7 +60,16 @@ export class BrokerTransport {
   }
 
   /** Sends `request` and returns the parsed JSON answer; throws a typed error otherwise. */
-  async send<T>(request: BrokerRequest): Promise<T> {
+  send<T>(request: BrokerRequest): Promise<T> {
+    return this.#exchange(request, async (response) => (await response.json()) as T);
+  }
+
+  /** Sends `request` and returns the answer's body as text (JSON Lines exports, say). */
+  text(request: BrokerRequest): Promise<string> {
+    return this.#exchange(request, (response) => response.text());
+  }
+
+  async #exchange<T>(request: BrokerRequest, read: (response: Response) => Promise<T>): Promise<T> {
     const url = this.#url(request);
     for (let attempt = 1; ; attempt++) {
       const last = attempt >= this.#attempts;
@@ -75,7 +84,7 @@ export class BrokerTransport {
         await sleep(this.#backoff(attempt), undefined, { signal: request.signal });
         continue;
       }
-      if (response.ok) return (await response.json()) as T;
+      if (response.ok) return read(response);
       const error = await errorOf(response);
       const retryAfterMs = retryAfter(response.headers.get("retry-after"));
       const retryable = request.idempotent && RETRYABLE_STATUSES.has(response.status);

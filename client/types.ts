@@ -106,3 +106,8 @@ export interface Revocation {
   reason?: string;
   [field: string]: unknown;
 }
+
+/** What `GET /v1/audit/verify` answers. */
+export type AuditVerification =
+  | { ok: true; events: number; checkpoints: number; unsealed: number }
+  | { ok: false; brokenAt: string; reason: string; events: number };

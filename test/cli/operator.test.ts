@@ -1,3 +1,6 @@
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { expect } from "chai";
 import { agentSession, createTask, leaseReaches, mintLease, operatorHeaders } from "../helpers/flows.ts";
 import { eventually } from "../helpers/redis.ts";
@@ -104,6 +107,30 @@ describe("cli: operator commands", () => {
     const lines = await cli(["audit", "--task", taskId, "--limit", "2"], env());
     expect(lines.stdout.trim().split("\n")).to.have.length(2);
     expect(lines.stdout).to.include("task_created").and.include("task_approved");
+  });
+
+  it("audit verify checks the hash chain at the broker, and offline over an export, catching an edit", async () => {
+    const agent = await agentSession(t, "agent-op-verify");
+    await mintLease(t, agent, await createTask(t, agent));
+    await t.broker.sealer.sealAll();
+    const atBroker = await cli(["audit", "verify"], env());
+    expect(atBroker.code, atBroker.stderr).to.equal(0);
+    expect(atBroker.stdout).to.match(/^audit trail intact: \d+ events verified/);
+
+    const exported = await cli(["audit", "export"], env());
+    expect(exported.code, exported.stderr).to.equal(0);
+    const dir = await mkdtemp(join(tmpdir(), "jitkey-cli-audit-"));
+    const file = join(dir, "audit.jsonl");
+    await writeFile(file, exported.stdout);
+    // Offline: no broker, no token.
+    const offline = await cli(["audit", "verify", "--file", file, "--output", "json"], {});
+    expect(offline.code, offline.stderr).to.equal(0);
+    expect(JSON.parse(offline.stdout)).to.include({ ok: true });
+    await writeFile(file, exported.stdout.replace('\\"decision\\":\\"allow\\"', '\\"decision\\":\\"deny\\"'));
+    const tampered = await cli(["audit", "verify", "--file", file], {});
+    expect(tampered.code).to.equal(1);
+    expect(tampered.stdout).to.include("BROKEN");
+    expect((await cli(["audit", "check"], env())).code).to.equal(2);
   });
 
   it("audit --follow prints events that happen after it started, until interrupted", async () => {
