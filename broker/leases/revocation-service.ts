@@ -122,8 +122,16 @@ export class RevocationService {
     let matched = 0;
     for (const shard of this.deps.keys.shards) {
       const ids = await this.deps.redis.zrange(shard.resourceLeases(resource), 0, -1);
-      for (let at = 0; at < ids.length; at += BATCH)
-        matched += (await this.deps.revoker.request(ids.slice(at, at + BATCH), request)).length;
+      for (let at = 0; at < ids.length; at += BATCH) {
+        const batch = ids.slice(at, at + BATCH);
+        // Only leases still live or failed are worth reading: the index keeps revoked ones for retention.
+        const [live, failed] = await Promise.all([
+          this.deps.redis.zmscore(shard.liveLeases, ...batch),
+          this.deps.redis.zmscore(shard.failedLeases, ...batch),
+        ]);
+        const open = batch.filter((_, i) => live[i] !== null || failed[i] !== null);
+        if (open.length > 0) matched += (await this.deps.revoker.request(open, request)).length;
+      }
     }
     return matched;
   }
