@@ -81,10 +81,45 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly liveLeases: Gauge;
+  readonly quotaDenials = new Counter({
+    name: "jitkey_quota_denials_total",
+    help: "Requests refused because a quota was full, by quota",
+    labelNames: ["quota"] as const,
+    registers: [this.registry],
+  });
 
-  constructor(options: { countLiveLeases?: () => Promise<number>; defaultMetrics?: boolean } = {}) {
-    const countLiveLeases = options.countLiveLeases;
+  readonly quotaLimit = new Gauge({
+    name: "jitkey_quota_limit",
+    help: "Configured quotas, by quota (absent when unlimited)",
+    labelNames: ["quota"] as const,
+    registers: [this.registry],
+  });
+
+  readonly tasksExpiredUnused = new Counter({
+    name: "jitkey_tasks_expired_unused_total",
+    help: "Approved tasks ended because no lease was minted within tasks.approvalUnusedSeconds",
+    registers: [this.registry],
+  });
+
+  readonly liveLeases: Gauge;
+  readonly pendingTasks: Gauge;
+
+  constructor(
+    options: {
+      countLiveLeases?: () => Promise<number>;
+      countPendingTasks?: () => Promise<number>;
+      defaultMetrics?: boolean;
+    } = {},
+  ) {
+    const { countLiveLeases, countPendingTasks } = options;
+    this.pendingTasks = new Gauge({
+      name: "jitkey_pending_tasks",
+      help: "Tasks waiting for approval",
+      registers: [this.registry],
+      async collect() {
+        if (countPendingTasks) this.set(await countPendingTasks());
+      },
+    });
     this.liveLeases = new Gauge({
       name: "jitkey_live_leases",
       help: "Leases not yet revoked",
