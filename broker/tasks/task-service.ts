@@ -268,11 +268,6 @@ export class TaskService {
       .slice(0, filter.limit);
   }
 
-  /** Approves or denies a pending, unexpired task (see {@link approve} and {@link deny}). */
-  async decide(taskId: string, operator: OperatorPrincipal, approve: boolean, note?: string): Promise<Task> {
-    return approve ? this.approve(taskId, operator, { note }) : this.deny(taskId, operator, note);
-  }
-
   /**
    * Records an operator's approval of a pending, unexpired task, narrowed as asked. The task
    * becomes `approved` with its last required approval, each from a distinct operator;
@@ -296,24 +291,49 @@ export class TaskService {
     operator: OperatorPrincipal,
     request: ApprovalRequest,
   ): Promise<Task | undefined> {
-    const { audit } = this.deps;
     if (task.status !== "pending") throw new TaskClosedError(task.id, task.status);
-    const required = task.approvalsRequired ?? 1;
-    const approvals = task.approvals ?? [];
-    if (approvals.some((approval) => approval.by === operator.id)) {
-      await audit.record({
-        type: "task_approval_refused",
-        actor: actorOf(operator),
-        agentId: task.agentId,
-        taskId: task.id,
-        decision: "deny",
-        reason: `${operator.id} already approved; the task needs ${required} distinct operators`,
-      });
-      throw new DuplicateApprovalError(task.id, required);
-    }
+    await this.refuseSecondApprovalBy(task, operator);
     const now = this.deps.clock.now();
+    const result = await this.deps.audit.apply(this.approvalWrite(task, operator, request, now));
+    if (result.ok) return JSON.parse(result.record ?? "{}") as Task;
+    const current = result.record ? (JSON.parse(result.record) as Task) : undefined;
+    if (current?.status === "pending" && Date.parse(current.expiresAt) <= now) {
+      await this.close(task.id, "expired", "system");
+      throw new TaskClosedError(task.id, "expired");
+    }
+    if (current?.status === "pending") return undefined;
+    throw new TaskClosedError(task.id, current?.status ?? "missing");
+  }
+
+  /** Separation of duty: an operator's approval counts once; the refusal is on record. */
+  private async refuseSecondApprovalBy(task: Task, operator: OperatorPrincipal): Promise<void> {
+    if (!(task.approvals ?? []).some((approval) => approval.by === operator.id)) return;
+    const required = task.approvalsRequired ?? 1;
+    await this.deps.audit.record({
+      type: "task_approval_refused",
+      actor: actorOf(operator),
+      agentId: task.agentId,
+      taskId: task.id,
+      decision: "deny",
+      reason: `${operator.id} already approved; the task needs ${required} distinct operators`,
+    });
+    throw new DuplicateApprovalError(task.id, required);
+  }
+
+  /**
+   * The approval as one write, guarded on the task being pending, unexpired and holding the
+   * approvals read: the grant narrowed, the approval appended, and — with the last one
+   * required — the task approved and due again when its approval would lapse unused.
+   */
+  private approvalWrite(
+    task: Task,
+    operator: OperatorPrincipal,
+    request: ApprovalRequest,
+    now: number,
+  ): AtomicWrite {
     const at = new Date(now).toISOString();
     const grant = narrowGrant(task, request, now);
+    const approvals = task.approvals ?? [];
     const approval: TaskApproval = {
       by: operator.id,
       at,
@@ -321,6 +341,7 @@ export class TaskService {
       ...(grant.narrowed ? { narrowedTo: { resources: grant.resources, expiresAt: grant.expiresAt } } : {}),
     };
     const requested = task.requested ?? { resources: task.resources, expiresAt: task.expiresAt };
+    const required = task.approvalsRequired ?? 1;
     const count = approvals.length + 1;
     const final = count >= required;
     const shard = this.deps.keys.forId(task.id);
@@ -341,11 +362,11 @@ export class TaskService {
     if (final) {
       write
         .zrem(shard.pendingTasks, task.id)
-        .zadd(shard.liveTasks, this.unusedApprovalDue({ ...task, expiresAt: grant.expiresAt }, now), task.id);
+        .zadd(shard.liveTasks, this.unusedApprovalDue({ expiresAt: grant.expiresAt }, now), task.id);
     } else if (grant.expiresAt !== task.expiresAt) {
       write.zadd(shard.liveTasks, Date.parse(grant.expiresAt), task.id);
     }
-    audit.add(write, {
+    this.deps.audit.add(write, {
       type: final ? "task_approved" : "task_approval_recorded",
       actor: actorOf(operator),
       agentId: task.agentId,
@@ -358,15 +379,7 @@ export class TaskService {
       requested,
       approved: { resources: grant.resources, expiresAt: grant.expiresAt },
     });
-    const result = await audit.apply(write);
-    if (result.ok) return JSON.parse(result.record ?? "{}") as Task;
-    const current = result.record ? (JSON.parse(result.record) as Task) : undefined;
-    if (current?.status === "pending" && Date.parse(current.expiresAt) <= now) {
-      await this.close(task.id, "expired", "system");
-      throw new TaskClosedError(task.id, "expired");
-    }
-    if (current?.status === "pending") return undefined;
-    throw new TaskClosedError(task.id, current?.status ?? "missing");
+    return write;
   }
 
   /** Denies a pending, unexpired task; one operator's denial ends it, whatever approvals it has. */
