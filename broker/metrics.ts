@@ -111,23 +111,28 @@ export class Metrics {
       defaultMetrics?: boolean;
     } = {},
   ) {
-    const { countLiveLeases, countPendingTasks } = options;
-    this.pendingTasks = new Gauge({
-      name: "jitkey_pending_tasks",
-      help: "Tasks waiting for approval",
-      registers: [this.registry],
-      async collect() {
-        if (countPendingTasks) this.set(await countPendingTasks());
-      },
-    });
-    this.liveLeases = new Gauge({
-      name: "jitkey_live_leases",
-      help: "Leases not yet revoked",
-      registers: [this.registry],
-      async collect() {
-        if (countLiveLeases) this.set(await countLiveLeases());
-      },
-    });
+    this.liveLeases = this.countedGauge(
+      "jitkey_live_leases",
+      "Leases not yet revoked",
+      options.countLiveLeases,
+    );
+    this.pendingTasks = this.countedGauge(
+      "jitkey_pending_tasks",
+      "Tasks waiting for approval",
+      options.countPendingTasks,
+    );
     if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: "jitkey_process_" });
+  }
+
+  /** A gauge read from Redis when scraped. */
+  private countedGauge(name: string, help: string, count?: () => Promise<number>): Gauge {
+    return new Gauge({
+      name,
+      help,
+      registers: [this.registry],
+      async collect() {
+        if (count) this.set(await count());
+      },
+    });
   }
 }
