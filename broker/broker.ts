@@ -16,6 +16,7 @@ import { AuditSealer } from "./audit/audit-seal.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
 import { LiveEvents } from "./events/live-events.ts";
+import { SlidingWindowLimiter } from "./http/rate-limiter.ts";
 import { AgentVerifier } from "./identity/agent-verifier.ts";
 import { type IdentityVerifier, VerifiedIdentities } from "./identity/verified-identities.ts";
 import { Introspection } from "./leases/introspection.ts";
@@ -31,12 +32,14 @@ import { createLogger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import { PolicyEngine } from "./policy/policy-engine.ts";
+import { Quotas } from "./quotas/quotas.ts";
 import { connectRedis, RedisKeys } from "./redis.ts";
 import { PublishedKeys } from "./signing/published-keys.ts";
 import { AtomicWriter } from "./store/atomic-write.ts";
 import { RecordStore } from "./store/record-store.ts";
 import type { Task } from "./tasks/task.ts";
 import { TaskService } from "./tasks/task-service.ts";
+import { TaskTimeline } from "./tasks/task-timeline.ts";
 
 export interface BrokerOptions {
   logger?: Logger;
@@ -69,6 +72,8 @@ export interface Broker {
   readonly verifier: IdentityVerifier;
   readonly principals: PrincipalTokens;
   readonly tasks: TaskService;
+  /** Tool calls recorded for tasks, and each task's timeline. */
+  readonly timeline: TaskTimeline;
   readonly leases: LeaseService;
   readonly leaseStore: RecordStore<Lease>;
   readonly taskStore: RecordStore<Task>;
@@ -145,6 +150,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       );
       return counts.reduce((sum, n) => sum + n, 0);
     },
+    countPendingTasks: async () => {
+      const counts = await Promise.all(keys.shards.map((shard) => redis.zcard(shard.pendingTasks)));
+      return counts.reduce((sum, n) => sum + n, 0);
+    },
     defaultMetrics: false,
   });
   const leaseStore = new RecordStore<Lease>(redis, keys, (shard, id) => shard.lease(id));
@@ -179,6 +188,17 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     logger,
     revocation: config.revocation,
   });
+  const quotas = new Quotas({
+    redis,
+    keys,
+    leases: leaseStore,
+    tasks: taskStore,
+    metrics,
+    clock,
+    quotas: config.quotas,
+    staleMs: config.revocation.staleSeconds * 1000,
+    keepSeconds: config.tasks.maxTtlSeconds + config.revocation.staleSeconds,
+  });
   const minter = new LeaseMinter({
     tasks: taskStore,
     leases: leaseStore,
@@ -190,6 +210,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     metrics,
     clock,
     logger,
+    quotas,
   });
   const renewer = new LeaseRenewer({ tasks: taskStore, states, policy, adapters, audit, metrics, clock });
   const leases = new LeaseService({
@@ -221,7 +242,18 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     audit,
     metrics,
     clock,
+    quotas,
     config,
+  });
+  const timeline = new TaskTimeline({
+    keys,
+    tasks,
+    taskStore,
+    leaseStore,
+    audit,
+    clock,
+    limits: config.limits,
+    limiter: new SlidingWindowLimiter(redis, keys, clock),
   });
   const revocations = new RevocationService({
     redis,
@@ -292,6 +324,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     }),
     principals: new PrincipalTokens(config),
     tasks,
+    timeline,
     leases,
     leaseStore,
     taskStore,

@@ -183,7 +183,27 @@ export const ConfigSchema = z
     resources: z.array(resourceSchema).default([]),
     policies: z.array(policySchema).default([]),
     tasks: z
-      .object({ defaultTtlSeconds: seconds.default(3600), maxTtlSeconds: seconds.default(86_400) })
+      .object({
+        defaultTtlSeconds: seconds.default(3600),
+        maxTtlSeconds: seconds.default(86_400),
+        /** An approved task that has minted no lease this long after its approval ends as expired. */
+        approvalUnusedSeconds: seconds.default(3600),
+      })
+      .prefault({}),
+    /**
+     * Live-lease and pending-task quotas (docs/approvals.md). Each is off unless set; past one,
+     * the request is refused `429 rate_limited` naming the quota.
+     */
+    quotas: z
+      .object({
+        /** Leases issuing, active or being revoked, per agent, over every task and shard. */
+        liveLeasesPerAgent: z.number().int().min(1).optional(),
+        /** The same, per resource. */
+        liveLeasesPerResource: z.number().int().min(1).optional(),
+        /** Tasks waiting for approval, per agent. */
+        pendingTasksPerAgent: z.number().int().min(1).optional(),
+      })
+      .strict()
       .prefault({}),
     revocation: z
       .object({

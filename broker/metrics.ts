@@ -81,18 +81,58 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  readonly liveLeases: Gauge;
+  readonly quotaDenials = new Counter({
+    name: "jitkey_quota_denials_total",
+    help: "Requests refused because a quota was full, by quota",
+    labelNames: ["quota"] as const,
+    registers: [this.registry],
+  });
 
-  constructor(options: { countLiveLeases?: () => Promise<number>; defaultMetrics?: boolean } = {}) {
-    const countLiveLeases = options.countLiveLeases;
-    this.liveLeases = new Gauge({
-      name: "jitkey_live_leases",
-      help: "Leases not yet revoked",
+  readonly quotaLimit = new Gauge({
+    name: "jitkey_quota_limit",
+    help: "Configured quotas, by quota (absent when unlimited)",
+    labelNames: ["quota"] as const,
+    registers: [this.registry],
+  });
+
+  readonly tasksExpiredUnused = new Counter({
+    name: "jitkey_tasks_expired_unused_total",
+    help: "Approved tasks ended because no lease was minted within tasks.approvalUnusedSeconds",
+    registers: [this.registry],
+  });
+
+  readonly liveLeases: Gauge;
+  readonly pendingTasks: Gauge;
+
+  constructor(
+    options: {
+      countLiveLeases?: () => Promise<number>;
+      countPendingTasks?: () => Promise<number>;
+      defaultMetrics?: boolean;
+    } = {},
+  ) {
+    this.liveLeases = this.countedGauge(
+      "jitkey_live_leases",
+      "Leases not yet revoked",
+      options.countLiveLeases,
+    );
+    this.pendingTasks = this.countedGauge(
+      "jitkey_pending_tasks",
+      "Tasks waiting for approval",
+      options.countPendingTasks,
+    );
+    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: "jitkey_process_" });
+  }
+
+  /** A gauge read from Redis when scraped. */
+  private countedGauge(name: string, help: string, count?: () => Promise<number>): Gauge {
+    return new Gauge({
+      name,
+      help,
       registers: [this.registry],
       async collect() {
-        if (countLiveLeases) this.set(await countLiveLeases());
+        if (count) this.set(await count());
       },
     });
-    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: "jitkey_process_" });
   }
 }

@@ -10,6 +10,8 @@ import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atom
 export const AUDIT_EVENT_TYPES = [
   "task_created",
   "task_rejected",
+  "task_approval_recorded",
+  "task_approval_refused",
   "task_approved",
   "task_denied",
   "task_completed",
@@ -28,6 +30,7 @@ export const AUDIT_EVENT_TYPES = [
   "identity_rejected_summary",
   "access_denied",
   "introspected",
+  "tool_call",
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

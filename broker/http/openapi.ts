@@ -1,5 +1,6 @@
 import { z } from "zod";
 import {
+  ApproveBody,
   AuditEventSchema,
   AuditListQuery,
   CreateTaskBody,
@@ -19,10 +20,13 @@ import {
   RenewLeaseBody,
   RevocationBody,
   RevocationSchema,
+  TaskEventBody,
   TaskId,
   TaskListQuery,
   TaskReadQuery,
   TaskSchema,
+  TimelineEventSchema,
+  TimelineQuery,
 } from "./schemas.ts";
 
 type Who = "agent" | "operator" | "introspector" | "anyone";
@@ -34,6 +38,8 @@ export interface RouteDoc {
   summary: string;
   who: Who[];
   body?: z.ZodType;
+  /** The body may be left out (every field optional). */
+  optionalBody?: boolean;
   query?: z.ZodObject;
   status: number;
   response: z.ZodType;
@@ -81,9 +87,11 @@ export const ROUTES: readonly RouteDoc[] = [
     method: "post",
     path: "/v1/tasks/{id}/approve",
     id: TaskId,
-    summary: "Approve a pending task",
+    summary:
+      "Approve a pending task, optionally narrowed (fewer resources or scopes, a shorter life); restricted data needs two distinct operators",
     who: ["operator"],
-    body: DecisionBody,
+    body: ApproveBody,
+    optionalBody: true,
     status: 200,
     response: z.object({ task: TaskSchema }),
   },
@@ -94,8 +102,31 @@ export const ROUTES: readonly RouteDoc[] = [
     summary: "Deny a pending task",
     who: ["operator"],
     body: DecisionBody,
+    optionalBody: true,
     status: 200,
     response: z.object({ task: TaskSchema }),
+  },
+  {
+    method: "post",
+    path: "/v1/tasks/{id}/events",
+    id: TaskId,
+    summary:
+      "Record a tool call made for an approved task (the owner agent, or a tool server about a lease of its resource)",
+    who: ["agent", "introspector"],
+    body: TaskEventBody,
+    status: 201,
+    response: z.object({ event: AuditEventSchema }),
+  },
+  {
+    method: "get",
+    path: "/v1/tasks/{id}/timeline",
+    id: TaskId,
+    summary:
+      "The task's audit events in order, each labelled: identity, approval, policy, lease, tool_call, revocation",
+    who: ["agent", "operator"],
+    query: TimelineQuery,
+    status: 200,
+    response: z.object({ events: z.array(TimelineEventSchema) }),
   },
   {
     method: "post",
@@ -274,11 +305,11 @@ export const ERROR_STATUSES: Record<string, string> = {
   "401": "unauthenticated",
   "403": "forbidden or policy_denied",
   "404": "not_found",
-  "409": "task_not_approved, task_closed or lease_revoked",
+  "409": "task_not_approved, task_closed, lease_revoked, lease_not_renewable or duplicate_approval",
   "413": "invalid_request (body too large)",
   "415": "invalid_request (Content-Type, Content-Encoding or charset not accepted)",
   "422": "invalid_request (well-formed, but names what does not exist)",
-  "429": "rate_limited (with Retry-After)",
+  "429": "rate_limited (with Retry-After): a request limit, or a quota (`quota` names it)",
   "500": "internal (carries a requestId, nothing else)",
   "502": "adapter_unavailable",
   "503": "unavailable (with Retry-After): Redis unreachable, starting or draining",
@@ -336,7 +367,7 @@ export function buildOpenApi(
         ...(route.body
           ? {
               requestBody: {
-                required: route.method === "post" && route.body !== DecisionBody,
+                required: route.method === "post" && !route.optionalBody,
                 content: {
                   "application/json": { schema: json(route.body, "input") },
                   ...(route.form

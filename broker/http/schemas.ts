@@ -3,6 +3,7 @@ import { AUDIT_EVENT_TYPES } from "../audit/audit-log.ts";
 import { CLASSIFICATIONS, NOTIFICATION_EVENTS } from "../config.ts";
 import { LEASE_STATUSES, REVOKE_REASONS } from "../leases/lease.ts";
 import { TASK_STATUSES } from "../tasks/task.ts";
+import { TIMELINE_CATEGORIES } from "../tasks/task-timeline.ts";
 
 /** Request and response shapes; validation and /openapi.json both come from these. */
 
@@ -43,23 +44,60 @@ export const AuditCursor = z
   .string()
   .regex(/^\d{1,15}-\d{1,15}-\d{1,3}$/, "an audit event id, e.g. 1718000000000-0-3");
 
+/** Resources with their scopes, each resource once. */
+const resourceGrants = z
+  .array(z.object({ resource: resourceName, scopes }).strict())
+  .min(1)
+  .max(20)
+  .refine(
+    (list) => new Set(list.map((entry) => entry?.resource)).size === list.length,
+    "a resource is listed twice: give each resource once, with all its scopes",
+  );
+
 export const CreateTaskBody = z
   .object({
     goal: humanText(1, 2000).describe("What the agent will do, in words an approver can judge"),
-    resources: z
-      .array(z.object({ resource: resourceName, scopes }).strict())
-      .min(1)
-      .max(20)
-      .refine(
-        (list) => new Set(list.map((entry) => entry?.resource)).size === list.length,
-        "a resource is listed twice: give each resource once, with all its scopes",
-      ),
+    resources: resourceGrants,
     dataClassification: z.enum(CLASSIFICATIONS).optional(),
     ttlSeconds: z.number().int().min(1).optional(),
   })
   .strict();
 
 export const DecisionBody = z.object({ note: humanText(0, 1000).optional() }).strict();
+
+export const ApproveBody = z
+  .object({
+    note: humanText(0, 1000).optional(),
+    resources: resourceGrants
+      .optional()
+      .describe(
+        "Approve only these resources and scopes (each must be the task's); resources not named are dropped",
+      ),
+    ttlSeconds: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .describe("The task ends at most this many seconds after this approval; never later than it would"),
+  })
+  .strict();
+
+/** Names of tools, actions and targets: one line of printable text. */
+const toolText = (max: number) => humanText(1, max);
+
+export const TaskEventBody = z
+  .object({
+    type: z.literal("tool_call"),
+    leaseId: LeaseId.optional().describe(
+      "The lease whose credential the call used; required of tool servers",
+    ),
+    tool: toolText(128).describe("The tool, e.g. github or mcp:filesystem"),
+    action: toolText(128).describe("What it was asked to do, e.g. create_issue"),
+    target: toolText(512).optional().describe("What it acted on, e.g. a repository or a table"),
+    outcome: z.enum(["ok", "error", "denied"]).optional(),
+    detail: humanText(1, 2000).optional(),
+  })
+  .strict();
 
 export const MintLeaseBody = z
   .object({
@@ -149,20 +187,42 @@ export const AuditListQuery = z
   })
   .strict();
 
+export const TimelineQuery = z.object({ after: AuditCursor.optional(), limit }).strict();
+
+const taskResources = z.array(
+  z.object({ resource: z.string(), scopes: z.array(z.string()), owner: z.string().optional() }),
+);
+
+const TaskGrantSchema = z.object({ resources: taskResources, expiresAt: z.iso.datetime() });
+
 export const TaskSchema = z.object({
   id: TaskId,
   agentId: z.string(),
   agentOwner: z.string().optional(),
   goal: z.string(),
-  resources: z.array(
-    z.object({ resource: z.string(), scopes: z.array(z.string()), owner: z.string().optional() }),
-  ),
+  resources: taskResources.describe("What the task may mint for: as asked, or as approvals narrowed it"),
   dataClassification: z.enum(CLASSIFICATIONS),
   status: z.enum(TASK_STATUSES),
   createdAt: z.iso.datetime(),
   expiresAt: z.iso.datetime(),
   approvedAt: z.iso.datetime().optional(),
   approvedBy: z.string().optional(),
+  approvalsRequired: z
+    .number()
+    .int()
+    .optional()
+    .describe("Distinct operators who must approve: 2 when the task touches restricted data"),
+  approvals: z
+    .array(
+      z.object({
+        by: z.string(),
+        at: z.iso.datetime(),
+        note: z.string().optional(),
+        narrowedTo: TaskGrantSchema.optional(),
+      }),
+    )
+    .optional(),
+  requested: TaskGrantSchema.optional().describe("What was asked, once an approval narrowed it"),
   deniedAt: z.iso.datetime().optional(),
   deniedBy: z.string().optional(),
   note: z.string().optional(),
@@ -171,6 +231,10 @@ export const TaskSchema = z.object({
     .string()
     .optional()
     .describe("Who ended the task: an actor such as agent:<id> or operator:<name>"),
+  closedReason: z
+    .string()
+    .optional()
+    .describe("Why, when the status does not say it: approval_unused (approved, nothing minted in time)"),
 });
 
 export const LeaseSchema = z.object({
@@ -212,6 +276,8 @@ export const AuditEventSchema = z
     reason: z.string().optional(),
   })
   .catchall(z.unknown());
+
+export const TimelineEventSchema = AuditEventSchema.extend({ category: z.enum(TIMELINE_CATEGORIES) });
 
 export const ErrorSchema = z.object({
   error: z

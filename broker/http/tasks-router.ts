@@ -2,17 +2,20 @@ import { Router } from "express";
 import type { Broker } from "../broker.ts";
 import type { Authenticator } from "./auth.ts";
 import {
+  ApproveBody,
   CreateTaskBody,
   DecisionBody,
   MintLeaseBody,
+  TaskEventBody,
   TaskId,
   TaskListQuery,
   TaskReadQuery,
+  TimelineQuery,
 } from "./schemas.ts";
 import { idParam, validate } from "./validate.ts";
 import { leaseView, taskView } from "./views.ts";
 
-/** `/v1/tasks`: create, read, list, approve/deny, complete, and mint leases for a task. */
+/** `/v1/tasks`: create, read, list, approve/deny, complete, mint leases, record tool calls, the timeline. */
 export function tasksRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
   router.param("id", idParam(TaskId, "task"));
@@ -44,14 +47,33 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
     res.json({ task: taskView(task) });
   });
 
-  for (const decision of ["approve", "deny"] as const) {
-    router.post(`/:id/${decision}`, async (req, res) => {
-      const operator = await auth.operator(req);
-      const { note } = validate(DecisionBody, req.body);
-      const task = await broker.tasks.decide(req.params.id, operator, decision === "approve", note);
-      res.json({ task: taskView(task) });
-    });
-  }
+  router.post("/:id/approve", async (req, res) => {
+    // Operators only: an agent can never approve a task, its own least of all.
+    const operator = await auth.operator(req);
+    const approval = validate(ApproveBody, req.body);
+    const task = await broker.tasks.approve(req.params.id, operator, approval);
+    res.json({ task: taskView(task) });
+  });
+
+  router.post("/:id/deny", async (req, res) => {
+    const operator = await auth.operator(req);
+    const { note } = validate(DecisionBody, req.body);
+    const task = await broker.tasks.deny(req.params.id, operator, note);
+    res.json({ task: taskView(task) });
+  });
+
+  router.post("/:id/events", async (req, res) => {
+    const principal = await auth.require(req, "agent", "introspector");
+    const call = validate(TaskEventBody, req.body);
+    const event = await broker.timeline.record(req.params.id, principal, call);
+    res.status(201).json({ event });
+  });
+
+  router.get("/:id/timeline", async (req, res) => {
+    const principal = await auth.require(req, "agent", "operator");
+    const page = validate(TimelineQuery, req.query);
+    res.json({ events: await broker.timeline.timeline(req.params.id, principal, page) });
+  });
 
   router.post("/:id/complete", async (req, res) => {
     const principal = await auth.require(req, "agent", "operator");

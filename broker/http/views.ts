@@ -47,11 +47,15 @@ const TASK_VIEW_FIELDS = [
   "expiresAt",
   "approvedAt",
   "approvedBy",
+  "approvalsRequired",
+  "approvals",
+  "requested",
   "deniedAt",
   "deniedBy",
   "note",
   "closedAt",
   "closedBy",
+  "closedReason",
 ] as const satisfies readonly (keyof Task)[];
 
 /** What the API shows of a task, fields in a fixed order. */

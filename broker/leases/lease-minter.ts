@@ -17,6 +17,7 @@ import { type AgentPrincipal, actorOf } from "../identity/principal.ts";
 import { newId } from "../ids.ts";
 import type { Metrics } from "../metrics.ts";
 import type { LeaseDecision, PolicyEngine } from "../policy/policy-engine.ts";
+import { QuotaExceededError, type Quotas, type Reservation } from "../quotas/quotas.ts";
 import type { RecordStore } from "../store/record-store.ts";
 import type { Task } from "../tasks/task.ts";
 import type { Lease } from "./lease.ts";
@@ -41,6 +42,8 @@ export interface LeaseMinterDeps {
   metrics: Metrics;
   clock: Clock;
   logger: Logger;
+  /** Live-lease quotas; none when absent. */
+  quotas?: Pick<Quotas, "reserveLease">;
 }
 
 /** What policy and the adapter allow for one mint. */
@@ -70,7 +73,11 @@ export class LeaseMinter {
     const denied = (error: JitkeyError) => this.deny(agent, taskId, request, error);
     const task = await this.approvedTask(agent, taskId, denied);
     const plan = await this.plan(agent, task, request, denied);
-    await this.writeIssuing(plan, denied);
+    const slots = await this.reserveQuota(plan, denied);
+    await this.writeIssuing(plan, denied).catch(async (error: unknown) => {
+      await slots.release();
+      throw error;
+    });
     const issued = await this.issue(agent, plan);
     return this.activate(agent, plan, issued, denied);
   }
@@ -147,6 +154,23 @@ export class LeaseMinter {
       revocation: adapter.capabilities.revocation,
     };
     return { task, resource, adapter, decision, lease };
+  }
+
+  /**
+   * The lease's slots in the live-lease quotas, taken before the lease is written (see
+   * `broker/quotas/quotas.ts`); a full quota is a denial like any other.
+   */
+  private async reserveQuota(
+    plan: MintPlan,
+    denied: (error: JitkeyError) => Promise<never>,
+  ): Promise<Reservation> {
+    if (!this.deps.quotas) return { release: async () => {} };
+    try {
+      return await this.deps.quotas.reserveLease(plan.lease);
+    } catch (error) {
+      if (error instanceof QuotaExceededError) return denied(error);
+      throw error;
+    }
   }
 
   /** The lease and its indexes, atomically with a check that the task is still approved. */

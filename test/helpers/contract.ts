@@ -8,6 +8,7 @@ export const CONTRACT_ERROR_CODES = [
   "task_not_approved",
   "task_closed",
   "lease_revoked",
+  "duplicate_approval",
   "rate_limited",
   "adapter_unavailable",
   "unavailable",

@@ -71,6 +71,20 @@ const MATRIX: Row[] = [
     body: () => ({ resource: "demo-api" }),
     expect: [401, 201, 403, 403, 403],
   },
+  // A tool server (introspector) may record calls about a lease of a resource it may introspect.
+  {
+    method: "post",
+    path: "/v1/tasks/:task/events",
+    fixture: "lease",
+    body: (ids) => ({ type: "tool_call", tool: "github", action: "read", leaseId: ids.lease }),
+    expect: [401, 201, 403, 201, 403],
+  },
+  {
+    method: "get",
+    path: "/v1/tasks/:task/timeline",
+    fixture: "approvedTask",
+    expect: [401, 200, 403, 403, 200],
+  },
   { method: "get", path: "/v1/leases", fixture: "none", expect: [401, 403, 403, 403, 200] },
   { method: "get", path: "/v1/leases/:lease", fixture: "lease", expect: [401, 200, 403, 403, 200] },
   { method: "delete", path: "/v1/leases/:lease", fixture: "lease", expect: [401, 202, 403, 403, 202] },

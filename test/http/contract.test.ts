@@ -9,6 +9,7 @@ import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { CONTRACT_ERROR_CODES } from "../helpers/contract.ts";
 import { ROOT } from "../helpers/process.ts";
 import { eventually } from "../helpers/redis.ts";
+import { bobHeaders, withApprovalFixtures } from "../tasks/setup.ts";
 
 type OpenApi = {
   paths: Record<string, Record<string, { responses: Record<string, { content?: Record<string, unknown> }> }>>;
@@ -74,6 +75,7 @@ describe("contract: real answers of every route match the served OpenAPI documen
       name: "contract",
       config: (raw) => {
         raw.devMode = true;
+        withApprovalFixtures(raw);
       },
       dev: { operatorToken: "unused", issueAgentToken: (subject) => t.agentToken(`agent-${subject}`) },
     });
@@ -149,6 +151,147 @@ describe("contract: real answers of every route match the served OpenAPI documen
     c.check(await t.http.post(`/v1/tasks/${id}/complete`).set(agent), "post", "/v1/tasks/{id}/complete");
     c.check(await t.http.post(`/v1/tasks/${id}/complete`).set(agent), "post", "/v1/tasks/{id}/complete");
     c.check(await t.http.get(`/v1/tasks/${id}`).set(op), "get", "/v1/tasks/{id}");
+  });
+
+  it("approval depth, tool calls and the timeline — and their errors", async () => {
+    const c = contract;
+    const twoResources = {
+      goal: "read records and the demo api",
+      resources: [
+        { resource: "records", scopes: ["read", "write"] },
+        { resource: "demo-api", scopes: ["read"] },
+      ],
+    };
+    const narrowed = await t.http.post("/v1/tasks").set(agent).send(twoResources).expect(201);
+    const narrowedId = narrowed.body.task.id as string;
+    c.check(
+      await t.http
+        .post(`/v1/tasks/${narrowedId}/approve`)
+        .set(op)
+        .send({ resources: [{ resource: "records", scopes: ["write"] }], ttlSeconds: 5 }),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    const widened = await t.http.post("/v1/tasks").set(agent).send(records).expect(201);
+    const widen = c.check(
+      await t.http
+        .post(`/v1/tasks/${widened.body.task.id}/approve`)
+        .set(op)
+        .send({ resources: [{ resource: "records", scopes: ["admin"] }] }),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    expect(widen.status).to.equal(422);
+    c.check(
+      await t.http.post(`/v1/tasks/${widened.body.task.id}/approve`).set(op).send({ ttlSeconds: "soon" }),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    c.check(
+      await t.http.post(`/v1/tasks/${widened.body.task.id}/approve`).set(agent).send({}),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+
+    const restricted = await t.http
+      .post("/v1/tasks")
+      .set(agent)
+      .send({ goal: "read payroll", resources: [{ resource: "payroll", scopes: ["read"] }] })
+      .expect(201);
+    const restrictedId = restricted.body.task.id as string;
+    const first = c.check(
+      await t.http.post(`/v1/tasks/${restrictedId}/approve`).set(op).send({ note: "one of two" }),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    expect(first.body.task.status).to.equal("pending");
+    const duplicate = c.check(
+      await t.http.post(`/v1/tasks/${restrictedId}/approve`).set(op).send({}),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    expect(duplicate.body.error.code).to.equal("duplicate_approval");
+    const second = c.check(
+      await t.http.post(`/v1/tasks/${restrictedId}/approve`).set(bobHeaders()).send({}),
+      "post",
+      "/v1/tasks/{id}/approve",
+    );
+    expect(second.body.task.approvals).to.have.length(2);
+
+    const taskId = await approvedTask();
+    const minted = await t.http
+      .post(`/v1/tasks/${taskId}/leases`)
+      .set(agent)
+      .send({ resource: "records" })
+      .expect(201);
+    const call = { type: "tool_call", tool: "github", action: "create_issue", outcome: "ok" };
+    const recorded = c.check(
+      await t.http
+        .post(`/v1/tasks/${taskId}/events`)
+        .set(agent)
+        .send({ ...call, leaseId: minted.body.lease.id, target: "acme/app", detail: "issue 42" }),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+    expect(recorded.status).to.equal(201);
+    c.check(
+      await t.http
+        .post(`/v1/tasks/${taskId}/events`)
+        .set(agent)
+        .send({ ...call, tool: "" }),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+    c.check(await t.http.post(`/v1/tasks/${taskId}/events`).send(call), "post", "/v1/tasks/{id}/events");
+    c.check(
+      await t.http.post(`/v1/tasks/${taskId}/events`).set(op).send(call),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+    c.check(
+      await t.http.post("/v1/tasks/tsk_missing/events").set(agent).send(call),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+    c.check(
+      await t.http
+        .post(`/v1/tasks/${restrictedId}/events`)
+        .set(agent)
+        .send({ ...call, leaseId: minted.body.lease.id }),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+    const pending = await t.http.post("/v1/tasks").set(agent).send(records).expect(201);
+    c.check(
+      await t.http.post(`/v1/tasks/${pending.body.task.id}/events`).set(agent).send(call),
+      "post",
+      "/v1/tasks/{id}/events",
+    );
+
+    const timeline = c.check(
+      await t.http.get(`/v1/tasks/${taskId}/timeline`).set(agent),
+      "get",
+      "/v1/tasks/{id}/timeline",
+    );
+    expect(timeline.body.events.map((e: { category: string }) => e.category)).to.include("tool_call");
+    c.check(
+      await t.http.get(`/v1/tasks/${taskId}/timeline?after=${timeline.body.events[0].id}&limit=2`).set(op),
+      "get",
+      "/v1/tasks/{id}/timeline",
+    );
+    c.check(
+      await t.http.get(`/v1/tasks/${taskId}/timeline?after=x`).set(op),
+      "get",
+      "/v1/tasks/{id}/timeline",
+    );
+    c.check(
+      await t.http
+        .get(`/v1/tasks/${taskId}/timeline`)
+        .set({ Authorization: `Bearer ${t.introspectorToken}` }),
+      "get",
+      "/v1/tasks/{id}/timeline",
+    );
+    c.check(await t.http.get("/v1/tasks/tsk_missing/timeline").set(op), "get", "/v1/tasks/{id}/timeline");
   });
 
   it("lease routes: mint, list, read, release, force revocation — and their errors", async () => {
@@ -359,11 +502,20 @@ describe("contract: real answers of every route match the served OpenAPI documen
       name: "contract-limits",
       workers: false,
       config: (raw) => {
-        raw.limits = { agentRequestsPerMinute: 1 };
+        raw.limits = { agentRequestsPerMinute: 3 };
+        raw.quotas = { pendingTasksPerAgent: 1 };
       },
     });
     try {
       const busy = { Authorization: `Bearer ${await limited.agentToken("agent-busy")}` };
+      await limited.http.post("/v1/tasks").set(busy).send(records).expect(201);
+      const quota = contract.check(
+        await limited.http.post("/v1/tasks").set(busy).send(records),
+        "post",
+        "/v1/tasks",
+      );
+      expect(quota.status).to.equal(429);
+      expect(quota.body.error.quota).to.equal("pendingTasksPerAgent");
       await limited.http.get("/v1/tasks/tsk_missing").set(busy).expect(404);
       const res = contract.check(
         await limited.http.get("/v1/tasks/tsk_missing").set(busy),
