@@ -82,20 +82,29 @@ export class JitkeyOperatorClient {
   }
 
   /** Approves a pending task. */
-  async approve(taskId: string, options: { note?: string } = {}): Promise<Task> {
-    return this.#decide(taskId, "approve", options.note);
+  async approve(
+    taskId: string,
+    options: {
+      note?: string;
+      /** Approve only these resources and scopes (a subset of the task's); the rest are dropped. */
+      resources?: { resource: string; scopes: string[] }[];
+      /** End the task at most this many seconds after the approval. */
+      ttlSeconds?: number;
+    } = {},
+  ): Promise<Task> {
+    return this.#decide(taskId, "approve", options);
   }
 
   /** Denies a pending task. */
   async deny(taskId: string, options: { note?: string } = {}): Promise<Task> {
-    return this.#decide(taskId, "deny", options.note);
+    return this.#decide(taskId, "deny", options);
   }
 
-  async #decide(taskId: string, decision: "approve" | "deny", note: string | undefined): Promise<Task> {
+  async #decide(taskId: string, decision: "approve" | "deny", body: Record<string, unknown>): Promise<Task> {
     const { task } = await this.#http.send<{ task: Task }>({
       method: "POST",
       path: `/v1/tasks/${encodeURIComponent(taskId)}/${decision}`,
-      body: note === undefined ? {} : { note },
+      body: Object.fromEntries(Object.entries(body).filter(([, value]) => value !== undefined)),
       idempotent: false,
     });
     return task;

@@ -56,6 +56,21 @@ describe("cli: operator commands", () => {
     expect(second.stderr).to.include("task_closed");
   });
 
+  it("approves narrower than asked: fewer scopes and a shorter life", async () => {
+    const agent = await agentSession(t, "agent-op-narrow");
+    const taskId = await createTask(t, agent, { approve: false, ttlSeconds: 600 });
+    const { task } = await json<{
+      task: { status: string; resources: { resource: string; scopes: string[] }[]; expiresAt: string };
+    }>(["approve", taskId, "--resource", "records:read", "--ttl", "60"]);
+    expect(task.status).to.equal("approved");
+    expect(task.resources).to.deep.equal([{ resource: "records", scopes: ["read"], owner: "data-team" }]);
+    expect(Date.parse(task.expiresAt) - Date.now()).to.be.at.most(61_000);
+    const wider = await createTask(t, agent, { approve: false });
+    const refused = await cli(["approve", wider, "--resource", "records:admin"], env());
+    expect(refused.code).to.not.equal(0);
+    expect(refused.stderr).to.include("invalid_request");
+  });
+
   it("lists a task's leases and revokes them, saying how many leases it hit and tasks it ended", async () => {
     const agent = await agentSession(t, "agent-op-revoke");
     const taskId = await createTask(t, agent);
