@@ -28,6 +28,8 @@ export const AUDIT_EVENT_TYPES = [
   "identity_rejected_summary",
   "access_denied",
   "introspected",
+  "lease_delegated",
+  "delegation_denied",
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 
