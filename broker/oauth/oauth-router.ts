@@ -40,7 +40,8 @@ export function oauthRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/v1/protected-resources/:name", (req, res) => {
     const resource = broker.policy.resource(req.params.name);
-    const metadata = resource && protectedResourceMetadata(broker.issuer, resource);
+    const tokens = broker.adapters.get(req.params.name)?.capabilities.tokenClaims === true;
+    const metadata = resource && tokens && protectedResourceMetadata(broker.issuer, resource);
     if (!metadata) throw new NotFoundError("protected resource");
     res.json(metadata);
   });

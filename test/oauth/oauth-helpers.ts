@@ -18,15 +18,16 @@ export const JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt";
 /** A DPoP key pair held by a test client, signing proofs (RFC 9449 §4.2). */
 export class DpopKey {
   private constructor(
-    private readonly privateKey: CryptoKey,
+    /** The key pair, for a client library that signs its own proofs. */
+    readonly keyPair: { privateKey: CryptoKey; publicKey: CryptoKey },
     readonly publicJwk: JWK,
     readonly jkt: string,
   ) {}
 
   static async create(alg: "ES256" | "EdDSA" = "ES256"): Promise<DpopKey> {
-    const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true });
-    const publicJwk = await exportJWK(publicKey);
-    return new DpopKey(privateKey, publicJwk, await calculateJwkThumbprint(publicJwk));
+    const keyPair = await generateKeyPair(alg, { extractable: true });
+    const publicJwk = await exportJWK(keyPair.publicKey);
+    return new DpopKey(keyPair, publicJwk, await calculateJwkThumbprint(publicJwk));
   }
 
   /**
@@ -48,7 +49,7 @@ export class DpopKey {
       ...options.claims,
     })
       .setProtectedHeader({ alg, typ: "dpop+jwt", jwk: this.publicJwk, ...options.header })
-      .sign(this.privateKey);
+      .sign(this.keyPair.privateKey);
   }
 }
 
