@@ -21,6 +21,7 @@ describe("standards client: oauth4webapi against the broker", () => {
   let as: oauth.AuthorizationServer;
   const audience = "https://demo-api.example";
   let captured: Request | undefined;
+  let client: oauth.Client;
 
   before(async () => {
     t = await startTestBroker({ name: "standards-client" });
@@ -37,6 +38,7 @@ describe("standards client: oauth4webapi against the broker", () => {
     };
     fetchOptions = { [oauth.customFetch]: routed, [oauth.allowInsecureRequests]: true };
     agent = await agentSession(t, "agent-a");
+    client = { client_id: agent.agentId };
     const issuer = new URL(t.broker.issuer);
     as = await oauth.processDiscoveryResponse(
       issuer,
@@ -63,6 +65,21 @@ describe("standards client: oauth4webapi against the broker", () => {
     headers.set("authorization", `Bearer ${t.introspectorToken}`);
   };
 
+  /** Agent A's token exchange, authenticated by its identity JWT as the client assertion. */
+  async function tokenExchange(
+    parameters: Record<string, string>,
+    dpop?: oauth.DPoPHandle,
+  ): Promise<Response> {
+    return oauth.genericTokenEndpointRequest(
+      as,
+      client,
+      identityAssertion(await t.agentToken("agent-a")),
+      "urn:ietf:params:oauth:grant-type:token-exchange",
+      parameters,
+      { ...(dpop ? { DPoP: dpop } : {}), ...fetchOptions },
+    );
+  }
+
   async function dpopHandle(): Promise<oauth.DPoPHandle> {
     const keys = await oauth.generateKeyPair("ES256", { extractable: true });
     return oauth.DPoP({}, keys);
@@ -88,12 +105,7 @@ describe("standards client: oauth4webapi against the broker", () => {
     // The exchange proves the parent's key: the library signs the proof with the handle we give it.
     const parentHandle = oauth.DPoP({}, parentKey.keyPair);
     const subHandle = await dpopHandle();
-    const client: oauth.Client = { client_id: agent.agentId };
-    const response = await oauth.genericTokenEndpointRequest(
-      as,
-      client,
-      identityAssertion(await t.agentToken("agent-a")),
-      "urn:ietf:params:oauth:grant-type:token-exchange",
+    const response = await tokenExchange(
       {
         subject_token: parentToken,
         subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
@@ -103,7 +115,7 @@ describe("standards client: oauth4webapi against the broker", () => {
         resource: audience,
         dpop_jkt: await subHandle.calculateThumbprint(),
       },
-      { DPoP: parentHandle, ...fetchOptions },
+      parentHandle,
     );
     const tokens = await oauth.processGenericTokenEndpointResponse(as, client, response);
     expect(tokens.token_type).to.equal("dpop");
@@ -159,15 +171,10 @@ describe("standards client: oauth4webapi against the broker", () => {
   });
 
   it("reads the broker's token endpoint errors as RFC 6749 error responses", async () => {
-    const client: oauth.Client = { client_id: agent.agentId };
-    const response = await oauth.genericTokenEndpointRequest(
-      as,
-      client,
-      identityAssertion(await t.agentToken("agent-a")),
-      "urn:ietf:params:oauth:grant-type:token-exchange",
-      { subject_token: "not.a.credential", subject_token_type: "urn:ietf:params:oauth:token-type:jwt" },
-      fetchOptions,
-    );
+    const response = await tokenExchange({
+      subject_token: "not.a.credential",
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+    });
     const failure = await oauth.processGenericTokenEndpointResponse(as, client, response).then(
       () => undefined,
       (error: unknown) => error,
