@@ -33,6 +33,12 @@ export interface AdapterCapabilities {
    * longest the adapter is willing to hand out). The broker caps every lease to it.
    */
   readonly maxTtlSeconds?: number;
+  /**
+   * Whether credentials are tokens the adapter signs itself, so they can carry
+   * `IssueRequest.claims` and a key `binding` (`cnf.jkt`). Only such credentials may be
+   * sender-constrained (DPoP) or delegated by token exchange.
+   */
+  readonly tokenClaims?: boolean;
 }
 
 /** Everything an adapter needs to mint one credential. No HTTP, task or policy objects. */
@@ -48,6 +54,18 @@ export interface IssueRequest {
   readonly scopes: readonly string[];
   /** When the lease ends; the credential must not outlive it. */
   readonly expiresAt: Date;
+  /**
+   * Further claims for adapters with `capabilities.tokenClaims` (the task's purpose, a
+   * delegation's `act` chain, `client_id`). They never override the adapter's own claims
+   * (`iss`, `sub`, `aud`, `jti`, times, `scope`, `task_id`, `cnf`). Other adapters ignore them.
+   */
+  readonly claims?: Readonly<Record<string, unknown>>;
+  /**
+   * The key the credential is bound to (RFC 9449 DPoP: the RFC 7638 SHA-256 thumbprint of the
+   * client's public key, carried as `cnf.jkt`). Only set for adapters with
+   * `capabilities.tokenClaims`; the broker refuses a binding any other adapter would drop.
+   */
+  readonly binding?: { readonly jkt: string };
 }
 
 /** What an adapter returns from a successful issue. */

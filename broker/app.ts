@@ -11,6 +11,7 @@ import { devRouter, oversightRouter } from "./http/operator-router.ts";
 import { failFastWhileRedisDown, RedisHealth } from "./http/redis-health.ts";
 import { tasksRouter } from "./http/tasks-router.ts";
 import { newId } from "./ids.ts";
+import { oauthRouter } from "./oauth/oauth-router.ts";
 
 /** Media types a request body may have; anything else is 415 before it is read. */
 const BODY_TYPES = ["application/json", "application/x-www-form-urlencoded"];
@@ -69,6 +70,7 @@ export function createApp(broker: Broker): Express {
   app.use("/v1/leases", leasesRouter(broker, auth));
   app.use("/v1/revocations", revocationsRouter(broker, auth));
   app.use("/v1", oversightRouter(broker, auth));
+  app.use(oauthRouter(broker, auth));
   if (broker.config.devMode && broker.dev) app.use("/v1/dev", devRouter(broker, auth));
   app.use(systemRouter(broker, health));
   app.use(notFoundHandler);

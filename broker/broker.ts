@@ -30,6 +30,9 @@ import { RevocationService } from "./leases/revocation-service.ts";
 import { RedisLocks } from "./locks.ts";
 import { createLogger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
+import { DpopVerifier } from "./oauth/dpop.ts";
+import { leaseChildrenReader } from "./oauth/lease-children.ts";
+import { TokenExchange } from "./oauth/token-exchange.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import { PolicyEngine } from "./policy/policy-engine.ts";
 import { Quotas } from "./quotas/quotas.ts";
@@ -80,6 +83,10 @@ export interface Broker {
   readonly revoker: LeaseRevoker;
   readonly revocations: RevocationService;
   readonly introspection: Introspection;
+  /** Checks DPoP proofs (RFC 9449) on mint and token exchange. */
+  readonly dpop: DpopVerifier;
+  /** Delegation by token exchange (RFC 8693) at `POST /v1/token`. */
+  readonly tokenExchange: TokenExchange;
   readonly queue: RevocationQueue;
   readonly sweeper: DueSweeper;
   /** Task and lease events as they happen, for waiting clients. */
@@ -187,6 +194,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     clock,
     logger,
     revocation: config.revocation,
+    childrenOf: leaseChildrenReader(redis, keys),
   });
   const quotas = new Quotas({
     redis,
@@ -303,6 +311,35 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     notifications: config.notifications,
     logger,
   });
+  const introspection = new Introspection({
+    redis,
+    keys,
+    issuer,
+    verifyKey: publishedKeys.verifyKey,
+    states,
+    audit,
+    metrics,
+    clock,
+  });
+  const verifier = new VerifiedIdentities(new AgentVerifier(config.identity, () => clock.now()), {
+    clock,
+    maxTokenAgeSeconds: config.identity.maxTokenAgeSeconds,
+  });
+  const dpop = new DpopVerifier({ redis, keys, clock, windowSeconds: config.dpop.proofWindowSeconds });
+  const tokenExchange = new TokenExchange({
+    introspection,
+    states,
+    revoker,
+    policy,
+    adapters,
+    verifier,
+    dpop,
+    tokenEndpoint: `${issuer}/v1/token`,
+    audit,
+    metrics,
+    clock,
+    maxDepth: config.delegation.maxDepth,
+  });
   const workers: { close(): Promise<void> }[] = [];
 
   return {
@@ -318,10 +355,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     policy,
     adapters,
     signingKeys,
-    verifier: new VerifiedIdentities(new AgentVerifier(config.identity, () => clock.now()), {
-      clock,
-      maxTokenAgeSeconds: config.identity.maxTokenAgeSeconds,
-    }),
+    verifier,
     principals: new PrincipalTokens(config),
     tasks,
     timeline,
@@ -330,16 +364,9 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     taskStore,
     revoker,
     revocations,
-    introspection: new Introspection({
-      redis,
-      keys,
-      issuer,
-      verifyKey: publishedKeys.verifyKey,
-      states,
-      audit,
-      metrics,
-      clock,
-    }),
+    introspection,
+    dpop,
+    tokenExchange,
     publishedKeys,
     queue,
     sweeper,

@@ -237,6 +237,20 @@ export const ConfigSchema = z
         sealIntervalSeconds: seconds.max(3600).default(5),
       })
       .prefault({}),
+    /** Token exchange (RFC 8693) at `POST /v1/token`: narrower credentials for sub-agents. */
+    delegation: z
+      .object({
+        /** Hops a credential may be delegated from the lease minted directly; 0 turns exchange off. */
+        maxDepth: z.number().int().min(0).max(10).default(3),
+      })
+      .prefault({}),
+    /** Sender-constrained credentials (RFC 9449 DPoP proofs on mint and token exchange). */
+    dpop: z
+      .object({
+        /** A proof's `iat` may be at most this far from the broker's clock, either way. */
+        proofWindowSeconds: z.number().int().min(5).max(600).default(60),
+      })
+      .prefault({}),
     log: z.object({ level: z.enum(["error", "warn", "info", "debug"]).default("info") }).prefault({}),
     notifications: z
       .object({

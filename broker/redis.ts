@@ -80,6 +80,10 @@ export class RedisKeys {
   get publishedKeys(): string {
     return `${this.base}:jwks`;
   }
+  /** A DPoP proof already seen (RFC 9449 §11.1 replay check), by a digest of its key and `jti`. */
+  dpopProof(digest: string): string {
+    return `${this.base}:dpop:${digest}`;
+  }
   /** Pub/sub channel of live events (task decisions, revocations) for waiting clients. */
   get eventsChannel(): string {
     return `${this.base}:events`;
@@ -111,6 +115,10 @@ export class ShardKeys {
   }
   lease(id: string): string {
     return `${this.tag}:lease:${id}`;
+  }
+  /** Leases delegated from a lease (token exchange), by issue time: revocation walks them. */
+  leaseChildren(id: string): string {
+    return `${this.tag}:lease-children:${id}`;
   }
   /** An agent's tasks in this shard, by creation time. */
   agentTasks(agentId: string): string {

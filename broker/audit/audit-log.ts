@@ -31,6 +31,8 @@ export const AUDIT_EVENT_TYPES = [
   "access_denied",
   "introspected",
   "tool_call",
+  "lease_delegated",
+  "delegation_denied",
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -59,13 +59,30 @@ export class Authenticator {
     return this.require(req, "operator");
   }
 
+  /**
+   * The agent behind an RFC 7523 client assertion (`POST /v1/token`): its identity JWT, checked
+   * exactly as a bearer token is — failed-auth limit, audit and per-agent rate limit included.
+   */
+  async agentAssertion(req: Request, assertion: string): Promise<AgentPrincipal> {
+    const principal = await this.verify(req, assertion, { agentsOnly: true });
+    return principal as AgentPrincipal;
+  }
+
   private async authenticate(req: Request): Promise<Principal> {
     const header = req.get("authorization") ?? "";
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
-    const token = match[1];
+    return this.verify(req, match[1]);
+  }
+
+  private async verify(
+    req: Request,
+    token: string,
+    options: { agentsOnly?: boolean } = {},
+  ): Promise<Principal> {
     let principal: Principal;
     try {
+      if (options.agentsOnly && !looksLikeJwt(token)) throw new IdentityRejectedError("malformed token");
       principal = looksLikeJwt(token) ? await this.broker.verifier.verify(token) : this.opaque(token);
     } catch (error) {
       // The address's standing decides only what a failure costs (audited, or only counted),

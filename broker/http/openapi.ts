@@ -3,6 +3,7 @@ import {
   ApproveBody,
   AuditEventSchema,
   AuditListQuery,
+  AuthorizationServerMetadataSchema,
   CreateTaskBody,
   CredentialSchema,
   DecisionBody,
@@ -16,8 +17,11 @@ import {
   LeaseListQuery,
   LeaseSchema,
   MintLeaseBody,
+  OAuthErrorSchema,
+  ProtectedResourceMetadataSchema,
   ReadinessSchema,
   RenewLeaseBody,
+  ResourceName,
   RevocationBody,
   RevocationSchema,
   TaskEventBody,
@@ -27,6 +31,8 @@ import {
   TaskSchema,
   TimelineEventSchema,
   TimelineQuery,
+  TokenExchangeForm,
+  TokenExchangeResponseSchema,
 } from "./schemas.ts";
 
 type Who = "agent" | "operator" | "introspector" | "anyone";
@@ -45,10 +51,17 @@ export interface RouteDoc {
   response: z.ZodType;
   /** Media type of the success response; default `application/json`. */
   responseType?: string;
-  /** The body may also be form-encoded (RFC 7662 §2.1 introspection requests are). */
-  form?: boolean;
+  /** The body may also be form-encoded (RFC 7662 §2.1 introspection requests are); `only`: form-encoded only. */
+  form?: boolean | "only";
   /** The `{id}` in the path: a task or a lease id. */
   id?: z.ZodType<string>;
+  /** The path parameter's name when it is not `id`. */
+  idName?: string;
+  /**
+   * Error answers, by status, when they are not the jitkey set every authenticated route has:
+   * the shape of each (`Error` or the token endpoint's `OAuthError`) and what it means.
+   */
+  errors?: Record<string, { schema: "Error" | "OAuthError"; description: string }>;
   /** Mounted only in dev mode. */
   devOnly?: boolean;
 }
@@ -203,6 +216,57 @@ export const ROUTES: readonly RouteDoc[] = [
     response: IntrospectionSchema,
   },
   {
+    method: "post",
+    path: "/v1/token",
+    summary:
+      "RFC 8693 token exchange: a narrower credential, delegated to a sub-agent, from a live jwt credential the caller holds",
+    who: ["agent"],
+    body: TokenExchangeForm,
+    form: "only",
+    status: 200,
+    response: TokenExchangeResponseSchema,
+    errors: {
+      "400": {
+        schema: "OAuthError",
+        description:
+          "invalid_request, invalid_grant, invalid_scope, invalid_target, unsupported_grant_type or invalid_dpop_proof",
+      },
+      "401": { schema: "OAuthError", description: "invalid_client" },
+      "413": { schema: "Error", description: "invalid_request (body too large)" },
+      "415": { schema: "Error", description: "invalid_request (Content-Encoding or charset not accepted)" },
+      "429": { schema: "Error", description: "rate_limited (with Retry-After)" },
+      "500": { schema: "Error", description: "internal (carries a requestId, nothing else)" },
+      "502": { schema: "Error", description: "adapter_unavailable" },
+      "503": { schema: "Error", description: "unavailable (with Retry-After)" },
+    },
+  },
+  {
+    method: "get",
+    path: "/.well-known/oauth-authorization-server",
+    summary: "RFC 8414 authorization server metadata",
+    who: ["anyone"],
+    status: 200,
+    response: AuthorizationServerMetadataSchema,
+  },
+  {
+    method: "get",
+    path: "/v1/protected-resources/{name}",
+    id: ResourceName,
+    idName: "name",
+    summary:
+      "RFC 9728 protected resource metadata of a resource with broker-signed credentials, for its resource server to serve",
+    who: ["anyone"],
+    status: 200,
+    response: ProtectedResourceMetadataSchema,
+    errors: {
+      "404": {
+        schema: "Error",
+        description: "not_found: no such resource, or its credentials are not tokens with a URL audience",
+      },
+      "503": { schema: "Error", description: "unavailable (with Retry-After)" },
+    },
+  },
+  {
     method: "get",
     path: "/v1/audit",
     summary: "Audit events, oldest first",
@@ -333,7 +397,12 @@ export function buildOpenApi(
     if (route.devOnly && !options.devMode) continue;
     const parameters: unknown[] = [];
     if (route.id)
-      parameters.push({ name: "id", in: "path", required: true, schema: json(route.id, "input") });
+      parameters.push({
+        name: route.idName ?? "id",
+        in: "path",
+        required: true,
+        schema: json(route.id, "input"),
+      });
     for (const [name, schema] of Object.entries(route.query?.shape ?? {})) {
       parameters.push({ name, in: "query", required: false, schema: json(schema as z.ZodType, "input") });
     }
@@ -343,7 +412,14 @@ export function buildOpenApi(
         content: { [route.responseType ?? "application/json"]: { schema: json(route.response, "output") } },
       },
     };
-    if (!route.who.includes("anyone")) {
+    if (route.errors) {
+      for (const [status, { schema, description }] of Object.entries(route.errors)) {
+        responses[status] = {
+          description,
+          content: { "application/json": { schema: { $ref: `#/components/schemas/${schema}` } } },
+        };
+      }
+    } else if (!route.who.includes("anyone")) {
       for (const [status, codes] of Object.entries(ERROR_STATUSES)) {
         responses[status] = {
           description: codes,
@@ -369,7 +445,9 @@ export function buildOpenApi(
               requestBody: {
                 required: route.method === "post" && !route.optionalBody,
                 content: {
-                  "application/json": { schema: json(route.body, "input") },
+                  ...(route.form === "only"
+                    ? {}
+                    : { "application/json": { schema: json(route.body, "input") } }),
                   ...(route.form
                     ? { "application/x-www-form-urlencoded": { schema: json(route.body, "input") } }
                     : {}),
@@ -398,7 +476,7 @@ export function buildOpenApi(
           description: "Agent identity JWT, operator or introspector token",
         },
       },
-      schemas: { Error: json(ErrorSchema, "output") },
+      schemas: { Error: json(ErrorSchema, "output"), OAuthError: json(OAuthErrorSchema, "output") },
     },
     paths,
   };

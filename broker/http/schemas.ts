@@ -2,6 +2,7 @@ import { z } from "zod";
 import { AUDIT_EVENT_TYPES } from "../audit/audit-log.ts";
 import { CLASSIFICATIONS, NOTIFICATION_EVENTS } from "../config.ts";
 import { LEASE_STATUSES, REVOKE_REASONS } from "../leases/lease.ts";
+import { OAUTH_ERROR_CODES } from "../oauth/oauth-error.ts";
 import { TASK_STATUSES } from "../tasks/task.ts";
 import { TIMELINE_CATEGORIES } from "../tasks/task-timeline.ts";
 
@@ -256,6 +257,17 @@ export const LeaseSchema = z.object({
   revokedAt: z.iso.datetime().optional(),
   revokeFailedAt: z.iso.datetime().optional(),
   lastError: z.string().optional().describe("Why the last revocation attempt failed (never a secret)"),
+  dpopJkt: z
+    .string()
+    .optional()
+    .describe("RFC 7638 thumbprint of the key the credential is bound to (DPoP cnf.jkt)"),
+  parentLeaseId: LeaseId.optional().describe("A delegated lease: the lease it was exchanged from"),
+  delegationDepth: z.number().int().optional().describe("Hops from the lease minted directly"),
+  actors: z
+    .array(z.string())
+    .optional()
+    .describe("A delegated lease: who holds it, then who held it before (the act chain)"),
+  delegatedBy: z.string().optional().describe("A delegated lease: the agent that exchanged the parent"),
 });
 
 export const CredentialSchema = z
@@ -285,6 +297,15 @@ export const ErrorSchema = z.object({
     .catchall(z.unknown()),
 });
 
+const PurposeSchema = z
+  .object({ goal_sha256: z.string(), classification: z.enum(CLASSIFICATIONS) })
+  .describe("The task's purpose: SHA-256 (hex) of its goal, and its data classification");
+
+const ActSchema = z
+  .object({ sub: z.string() })
+  .catchall(z.unknown())
+  .describe("RFC 8693 act: the current holder of a delegated credential; earlier ones nested in act");
+
 export const IntrospectionSchema = z
   .object({
     active: z.boolean(),
@@ -297,9 +318,15 @@ export const IntrospectionSchema = z
     iat: z.number().int().optional(),
     nbf: z.number().int().optional(),
     jti: z.string().optional().describe("The lease id"),
-    token_type: z.string().optional(),
+    token_type: z.enum(["Bearer", "DPoP"]).optional(),
     task_id: z.string().optional(),
     resource: z.string().optional().describe("The resource the credential is for"),
+    purpose: PurposeSchema.optional(),
+    cnf: z
+      .object({ jkt: z.string() })
+      .optional()
+      .describe("The key the presenter must prove with a DPoP proof (RFC 9449 §6.2)"),
+    act: ActSchema.optional(),
   })
   .describe("RFC 7662 introspection response; an inactive answer holds only active: false");
 
@@ -328,3 +355,69 @@ export const RevocationSchema = z.object({
     tasksRevoked: z.number().int().describe("Live tasks ended as revoked by this request"),
   }),
 });
+
+/** The token exchange form (RFC 8693 §2.1); parsed by the token endpoint itself, shown here for the document. */
+export const TokenExchangeForm = z.object({
+  grant_type: z.literal("urn:ietf:params:oauth:grant-type:token-exchange"),
+  subject_token: z.string().describe("The parent jwt credential"),
+  subject_token_type: z.enum([
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+  ]),
+  actor_token: z.string().optional().describe("The sub-agent's identity JWT; default the caller"),
+  actor_token_type: z
+    .enum(["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"])
+    .optional(),
+  scope: z.string().optional().describe("Space-separated, a subset of the parent's; default the parent's"),
+  resource: z.string().optional().describe("RFC 8707: the parent's resource identifier (its audience)"),
+  audience: z.string().optional().describe("The parent's resource name or audience"),
+  requested_token_type: z.string().optional(),
+  requested_ttl: z.string().optional().describe("Seconds; the credential never outlives its parent"),
+  dpop_jkt: z.string().optional().describe("RFC 9449 §10: bind the new credential to this key thumbprint"),
+  client_assertion_type: z.literal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer").optional(),
+  client_assertion: z.string().optional().describe("RFC 7523: the caller's identity JWT (instead of Bearer)"),
+  client_id: z.string().optional().describe("With client_assertion: the agent id it names"),
+});
+
+export const TokenExchangeResponseSchema = z.object({
+  access_token: z.string(),
+  issued_token_type: z.string(),
+  token_type: z.enum(["Bearer", "DPoP"]),
+  expires_in: z.number().int().positive(),
+  scope: z.string(),
+});
+
+export const OAuthErrorSchema = z.object({
+  error: z.enum(OAUTH_ERROR_CODES),
+  error_description: z.string().optional(),
+  request_id: z.string().optional(),
+});
+
+export const AuthorizationServerMetadataSchema = z
+  .object({
+    issuer: z.string(),
+    token_endpoint: z.string(),
+    introspection_endpoint: z.string(),
+    jwks_uri: z.string(),
+    response_types_supported: z.array(z.string()),
+    grant_types_supported: z.array(z.string()),
+    token_endpoint_auth_methods_supported: z.array(z.string()),
+    token_endpoint_auth_signing_alg_values_supported: z.array(z.string()),
+    introspection_endpoint_auth_methods_supported: z.array(z.string()),
+    dpop_signing_alg_values_supported: z.array(z.string()),
+  })
+  .describe("RFC 8414 authorization server metadata");
+
+export const ProtectedResourceMetadataSchema = z
+  .object({
+    resource: z.string(),
+    authorization_servers: z.array(z.string()),
+    scopes_supported: z.array(z.string()),
+    bearer_methods_supported: z.array(z.string()),
+    resource_name: z.string(),
+    dpop_signing_alg_values_supported: z.array(z.string()),
+    dpop_bound_access_tokens_required: z.boolean(),
+  })
+  .describe("RFC 9728 protected resource metadata, for the resource server to serve as its own");
+
+export const ResourceName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a resource name");

@@ -1,5 +1,6 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
+import { mintBinding } from "../oauth/mint-binding.ts";
 import type { Authenticator } from "./auth.ts";
 import {
   ApproveBody,
@@ -84,7 +85,13 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
   router.post("/:id/leases", async (req, res) => {
     const agent = await auth.agent(req);
     const body = validate(MintLeaseBody, req.body);
-    const { lease, credential } = await broker.leases.mint(agent, req.params.id, body);
+    // RFC 9449: a DPoP proof binds the credential to the proof's key.
+    const binding = await mintBinding(broker, agent, {
+      taskId: req.params.id,
+      resource: body.resource,
+      proof: req.get("dpop"),
+    });
+    const { lease, credential } = await broker.leases.mint(agent, req.params.id, { ...body, binding });
     // The secret travels in this one response; nothing may cache it (every /v1 answer says no-store).
     res.set("Pragma", "no-cache");
     res

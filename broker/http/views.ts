@@ -20,6 +20,11 @@ const LEASE_VIEW_FIELDS = [
   "revokedAt",
   "revokeFailedAt",
   "lastError",
+  "dpopJkt",
+  "parentLeaseId",
+  "delegationDepth",
+  "actors",
+  "delegatedBy",
 ] as const satisfies readonly (keyof Lease)[];
 
 /** What the API shows of a lease: never the tenant or the backend handle, fields in a fixed order. */

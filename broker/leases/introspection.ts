@@ -5,6 +5,7 @@ import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import { actorOf, type IntrospectorPrincipal, type OperatorPrincipal } from "../identity/principal.ts";
 import type { Metrics } from "../metrics.ts";
+import { type ActClaim, actClaim, type PurposeClaim, purposeOf } from "../oauth/credential-claims.ts";
 import type { RedisKeys } from "../redis.ts";
 import { parse } from "../store/record-store.ts";
 import type { Task } from "../tasks/task.ts";
@@ -25,9 +26,16 @@ export type IntrospectionResult =
       iat: number;
       nbf?: number;
       jti: string;
-      token_type: "Bearer";
+      /** `DPoP` when the credential is bound to a key (`cnf`), RFC 9449 §6.2. */
+      token_type: "Bearer" | "DPoP";
       task_id: string;
       resource: string;
+      /** The task's purpose: the goal's digest and the data classification. */
+      purpose: PurposeClaim;
+      /** The key the credential is bound to: the presenter must prove it (RFC 9449 §6.2). */
+      cnf?: { jkt: string };
+      /** Who holds a delegated credential, and who held it before (RFC 8693 §4.1). */
+      act?: ActClaim;
     };
 
 /** Why an answer was what it was: the metric label, and the audit reason. */
@@ -38,7 +46,17 @@ type Verdict =
   | "lease_not_active"
   | "lease_expired"
   | "task_not_live"
+  | "ancestor_not_active"
   | "other_resource";
+
+/** What the broker knows of a credential now, before deciding what a caller may learn of it. */
+export interface CredentialAssessment {
+  verdict: Exclude<Verdict, "other_resource">;
+  /** The verified claims, when the token is a broker-signed credential. */
+  payload?: JWTPayload;
+  lease?: Lease;
+  task?: Task;
+}
 
 /** How often, at most, a lease's inactive answers are written to the audit trail. */
 const INACTIVE_AUDIT_EVERY_MS = 60_000;
@@ -76,20 +94,56 @@ export class Introspection {
     caller: IntrospectorPrincipal | OperatorPrincipal,
   ): Promise<IntrospectionResult> {
     const now = this.deps.clock.now();
+    const { verdict, payload, lease, task } = await this.assess(token, now);
+    if (!payload || !lease) return this.answer(verdict === "active" ? "unknown_lease" : verdict);
+    // A resource server learns nothing about other resources' credentials.
+    if (caller.kind === "introspector" && caller.resources && !caller.resources.includes(lease.resource))
+      return this.answer("other_resource");
+    if (verdict !== "active" || !task) {
+      await this.auditInactive(lease, caller, verdict, now);
+      return this.answer(verdict === "active" ? "task_not_live" : verdict);
+    }
+    if (!lease.firstUsedAt) await this.auditFirstUse(lease, caller, now);
+    this.deps.metrics.introspections.inc({ result: "active" });
+    const act = actClaim(lease.actors);
+    return {
+      active: true,
+      scope: lease.scopes.join(" "),
+      client_id: lease.delegatedBy ?? lease.agentId,
+      sub: payload.sub ?? lease.agentId,
+      aud: payload.aud ?? "",
+      iss: payload.iss ?? this.deps.issuer,
+      exp: payload.exp ?? Math.floor(Date.parse(lease.expiresAt) / 1000),
+      iat: payload.iat ?? Math.floor(Date.parse(lease.issuedAt) / 1000),
+      ...(payload.nbf !== undefined ? { nbf: payload.nbf } : {}),
+      jti: lease.id,
+      token_type: lease.dpopJkt ? "DPoP" : "Bearer",
+      task_id: lease.taskId,
+      resource: lease.resource,
+      purpose: purposeOf(task),
+      ...(lease.dpopJkt ? { cnf: { jkt: lease.dpopJkt } } : {}),
+      ...(act ? { act } : {}),
+    };
+  }
+
+  /**
+   * Whether a credential is live now: it verifies, its lease is `active` and unexpired, its
+   * task `approved` and unexpired, and — for a delegated credential — every lease it descends
+   * from is `active` and unexpired, so revoking a parent switches off every descendant at once.
+   * One Redis read, two for a delegated credential (all in the task's shard).
+   */
+  async assess(token: string, now: number): Promise<CredentialAssessment> {
     const payload = await this.verify(token, now);
-    if (!payload?.jti) return this.answer("invalid_token");
+    if (!payload?.jti) return { verdict: "invalid_token" };
     const shard = this.deps.keys.forId(payload.jti);
     const [leaseRaw, taskRaw] = await this.deps.redis.mget(
       shard.lease(payload.jti),
       typeof payload.task_id === "string" ? shard.task(payload.task_id) : shard.task("-"),
     );
     const lease = parse<Lease>(leaseRaw);
-    if (!lease) return this.answer("unknown_lease");
+    if (!lease) return { verdict: "unknown_lease", payload };
     const task = parse<Task>(taskRaw);
-    // A resource server learns nothing about other resources' credentials.
-    if (caller.kind === "introspector" && caller.resources && !caller.resources.includes(lease.resource))
-      return this.answer("other_resource");
-    const verdict: Verdict =
+    let verdict: CredentialAssessment["verdict"] =
       lease.status !== "active"
         ? "lease_not_active"
         : Date.parse(lease.expiresAt) <= now
@@ -100,31 +154,20 @@ export class Introspection {
               Date.parse(task.expiresAt) <= now
             ? "task_not_live"
             : "active";
-    if (verdict !== "active") {
-      await this.auditInactive(lease, caller, verdict, now);
-      return this.answer(verdict);
+    const ancestors = lease.ancestorLeaseIds ?? [];
+    if (verdict === "active" && ancestors.length > 0) {
+      const raws = await this.deps.redis.mget(ancestors.map((id) => shard.lease(id)));
+      const allLive = raws.every((raw) => {
+        const ancestor = parse<Lease>(raw);
+        return ancestor?.status === "active" && Date.parse(ancestor.expiresAt) > now;
+      });
+      if (!allLive) verdict = "ancestor_not_active";
     }
-    if (!lease.firstUsedAt) await this.auditFirstUse(lease, caller, now);
-    this.deps.metrics.introspections.inc({ result: "active" });
-    return {
-      active: true,
-      scope: lease.scopes.join(" "),
-      client_id: lease.agentId,
-      sub: payload.sub ?? lease.agentId,
-      aud: payload.aud ?? "",
-      iss: payload.iss ?? this.deps.issuer,
-      exp: payload.exp ?? Math.floor(Date.parse(lease.expiresAt) / 1000),
-      iat: payload.iat ?? Math.floor(Date.parse(lease.issuedAt) / 1000),
-      ...(payload.nbf !== undefined ? { nbf: payload.nbf } : {}),
-      jti: lease.id,
-      token_type: "Bearer",
-      task_id: lease.taskId,
-      resource: lease.resource,
-    };
+    return { verdict, payload, lease, task };
   }
 
   /** The token's claims if it is a broker-signed token that verifies now. */
-  private async verify(token: string, now: number): Promise<JWTPayload | undefined> {
+  async verify(token: string, now: number): Promise<JWTPayload | undefined> {
     const hash = createHash("sha256").update(token).digest("base64url");
     const cached = this.#verified.get(hash);
     if (cached) {

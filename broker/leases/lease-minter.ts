@@ -6,6 +6,7 @@ import type { ResourceConfig } from "../config.ts";
 import {
   AdapterUnavailableError,
   ForbiddenError,
+  InvalidRequestError,
   type JitkeyError,
   LeaseRevokedError,
   NotFoundError,
@@ -16,6 +17,7 @@ import {
 import { type AgentPrincipal, actorOf } from "../identity/principal.ts";
 import { newId } from "../ids.ts";
 import type { Metrics } from "../metrics.ts";
+import { credentialClaims } from "../oauth/credential-claims.ts";
 import type { LeaseDecision, PolicyEngine } from "../policy/policy-engine.ts";
 import { QuotaExceededError, type Quotas, type Reservation } from "../quotas/quotas.ts";
 import type { RecordStore } from "../store/record-store.ts";
@@ -29,6 +31,8 @@ export interface MintRequest {
   resource: string;
   scopes?: string[];
   ttlSeconds?: number;
+  /** Bind the credential to this key (a verified DPoP proof's thumbprint). */
+  binding?: { jkt: string };
 }
 
 export interface LeaseMinterDeps {
@@ -123,6 +127,8 @@ export class LeaseMinter {
     const adapter = this.deps.adapters.get(request.resource);
     if (!resource || !adapter)
       return denied(new PolicyDeniedError(`resource ${request.resource} is not configured`));
+    if (request.binding && !adapter.capabilities.tokenClaims)
+      return denied(new InvalidRequestError(`credentials of ${resource.name} cannot be bound to a DPoP key`));
     // A backend that cannot revoke, or cannot issue for longer, caps the lease.
     const maxTtlSeconds = Math.min(
       decision.maxTtlSeconds,
@@ -152,6 +158,7 @@ export class LeaseMinter {
       status: "issuing",
       revocable: adapter.capabilities.revocation !== "none",
       revocation: adapter.capabilities.revocation,
+      ...(request.binding ? { dpopJkt: request.binding.jkt } : {}),
     };
     return { task, resource, adapter, decision, lease };
   }
@@ -196,6 +203,8 @@ export class LeaseMinter {
         resource: lease.resource,
         scopes: lease.scopes,
         expiresAt: new Date(lease.expiresAt),
+        claims: credentialClaims(plan.task, lease),
+        ...(lease.dpopJkt ? { binding: { jkt: lease.dpopJkt } } : {}),
       });
     } catch (error) {
       this.deps.metrics.issueFailures.inc({ resource: lease.resource });

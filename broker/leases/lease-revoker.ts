@@ -53,6 +53,8 @@ export interface LeaseRevokerDeps {
     Config["revocation"],
     "attempts" | "backoffMs" | "staleSeconds" | "retryFailedAfterSeconds"
   >;
+  /** The leases delegated from these leases (token exchange), from the children index. */
+  childrenOf?: (leaseIds: readonly string[]) => Promise<string[]>;
 }
 
 /**
@@ -67,7 +69,9 @@ export class LeaseRevoker {
   /**
    * Moves leases to `revoking` now and enqueues their revocation. A lease already revoking
    * is left to the job that owns it; a `revoke_failed` lease gets a new round.
-   * Returns the leases this call moved.
+   * Every lease delegated from them goes too (`parent_revoked`), read after the parents moved:
+   * a delegation needs an active parent, so none can slip in behind the walk.
+   * Returns the leases this call moved (descendants not counted).
    */
   async request(leaseIds: readonly string[], request: RevocationRequest): Promise<Lease[]> {
     const { audit, states } = this.deps;
@@ -92,6 +96,8 @@ export class LeaseRevoker {
       result.ok && result.record ? [JSON.parse(result.record) as Lease] : [],
     );
     await this.deps.queue.settleLeases(moved.map((lease) => lease.id));
+    const children = (await this.deps.childrenOf?.(leaseIds)) ?? [];
+    if (children.length > 0) await this.request(children, { ...request, reason: "parent_revoked" });
     return moved;
   }
 

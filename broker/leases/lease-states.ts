@@ -59,6 +59,24 @@ export class LeaseStates {
       .zadd(shard.allLeases, issuedMs, lease.id);
   }
 
+  /**
+   * Writes a new `issuing` lease delegated from `parent` (token exchange), only while the task
+   * is approved and unexpired and the parent is `active` and unexpired; the child joins the
+   * parent's children index, which revocation walks. A parent revoked before this write gets
+   * no child; one revoked after it finds the child in the index. Guard 0 is the task, 1 the parent.
+   */
+  issueChild(lease: Lease, parent: Lease, nowIso: string): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    if (this.shardOf(parent.id) !== shard) throw new Error("a delegated lease lives in its parent's shard");
+    const children = shard.leaseChildren(parent.id);
+    const keepSeconds =
+      (Date.parse(parent.expiresAt) - Date.parse(nowIso)) / 1000 + this.timing.retentionSeconds;
+    return this.issue(lease, nowIso)
+      .guard(shard.lease(parent.id), ["active"], { laterThan: { expiresAt: nowIso } })
+      .zadd(children, Date.parse(lease.issuedAt), lease.id)
+      .expire(children, keepSeconds);
+  }
+
   /** issuing → active, only while the task is still approved and unexpired. */
   activate(
     lease: Lease,

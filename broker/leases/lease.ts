@@ -10,6 +10,7 @@ export const REVOKE_REASONS = [
   "operator",
   "policy",
   "issue_failed",
+  "parent_revoked",
 ] as const;
 export type RevokeReason = (typeof REVOKE_REASONS)[number];
 
@@ -49,4 +50,24 @@ export interface Lease {
   revokedAt?: string;
   revokeFailedAt?: string;
   lastError?: string;
+  /** The RFC 7638 thumbprint of the key the credential is bound to (DPoP `cnf.jkt`). */
+  dpopJkt?: string;
+  /** A delegated lease (token exchange): the lease it was narrowed from. */
+  parentLeaseId?: string;
+  /** Every lease it descends from, root first, parent last; introspection checks each. */
+  ancestorLeaseIds?: string[];
+  /** Hops from the root lease: 0 (or absent) for a lease minted directly. */
+  delegationDepth?: number;
+  /**
+   * Who holds a delegated credential and who held it before: the `act` chain, current
+   * actor first (RFC 8693 §4.1). The root's holder is `agentId`.
+   */
+  actors?: string[];
+  /** The agent that exchanged the parent for this lease (its `client_id`). */
+  delegatedBy?: string;
+}
+
+/** The agent that holds a lease's credential: the last actor it was delegated to, or its task's agent. */
+export function holderOf(lease: Pick<Lease, "agentId" | "actors">): string {
+  return lease.actors?.[0] ?? lease.agentId;
 }

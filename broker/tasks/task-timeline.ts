@@ -50,7 +50,7 @@ export type TimelineCategory = (typeof TIMELINE_CATEGORIES)[number];
  * step (who, verified by which issuer, owned by whom), as is someone else trying to reach it;
  * a task's end is filed with revocation, because ending a task revokes what it holds.
  */
-export const CATEGORY_OF: Partial<Record<AuditEventType, TimelineCategory>> = {
+export const CATEGORY_OF: Record<AuditEventType, TimelineCategory> = {
   task_created: "identity",
   access_denied: "identity",
   identity_rejected: "identity",
@@ -65,6 +65,8 @@ export const CATEGORY_OF: Partial<Record<AuditEventType, TimelineCategory>> = {
   lease_issued: "lease",
   lease_issue_failed: "lease",
   lease_renewed: "lease",
+  lease_delegated: "lease",
+  delegation_denied: "policy",
   tool_call: "tool_call",
   task_completed: "revocation",
   task_expired: "revocation",

@@ -9,9 +9,11 @@ export const CONTRACT_ERROR_CODES = [
   "task_closed",
   "lease_revoked",
   "duplicate_approval",
+  "lease_not_renewable",
   "rate_limited",
   "adapter_unavailable",
   "unavailable",
+  "invalid_dpop_proof",
 ] as const;
 
 /** The value of one Prometheus sample line, e.g. `name{a="b"} 3`; NaN when absent. */

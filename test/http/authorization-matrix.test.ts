@@ -19,6 +19,8 @@ interface Row {
   expect: [number, number, number, number, number];
   /** Introspection: the `active` each principal that gets a 200 should see. */
   active?: Partial<Record<PrincipalName, boolean>>;
+  /** Send the body form-encoded (the token endpoint takes nothing else). */
+  form?: boolean;
 }
 
 interface FixtureIds {
@@ -120,6 +122,31 @@ const MATRIX: Row[] = [
     // The introspector is limited to demo-api: of other-api's credentials it learns nothing.
     active: { introspector: false, operator: true },
   },
+  // Token exchange: only the agent holding the credential; B is refused the grant, others are no client.
+  {
+    method: "post",
+    path: "/v1/token",
+    fixture: "demoToken",
+    form: true,
+    body: (ids) => ({
+      grant_type: "urn:ietf:params:oauth:grant-type:token-exchange",
+      subject_token: ids.token,
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+    }),
+    expect: [401, 200, 400, 401, 401],
+  },
+  {
+    method: "get",
+    path: "/.well-known/oauth-authorization-server",
+    fixture: "none",
+    expect: [200, 200, 200, 200, 200],
+  },
+  {
+    method: "get",
+    path: "/v1/protected-resources/demo-api",
+    fixture: "none",
+    expect: [200, 200, 200, 200, 200],
+  },
   { method: "get", path: "/v1/audit", fixture: "none", expect: [401, 403, 403, 403, 200] },
   { method: "get", path: "/v1/audit/verify", fixture: "none", expect: [401, 403, 403, 403, 200] },
   { method: "get", path: "/v1/audit/export", fixture: "none", expect: [401, 403, 403, 403, 200] },
@@ -207,9 +234,12 @@ describe("authorization matrix: every route × every kind of caller", () => {
         const path = row.path.replace(":task", ids.task ?? "").replace(":lease", ids.lease ?? "");
         let request: Test = t.http[row.method](path);
         if (principal !== "none") request = request.set(as(principal));
+        if (row.form) request = request.type("form");
         const res = await (row.body ? request.send(row.body(ids)) : request);
         got[principal] = res.status;
-        if (res.status >= 400) expect(res.body.error?.code, `${principal}: ${res.text}`).to.be.a("string");
+        // The token endpoint's errors are OAuth-shaped: `{error: "<code>"}`.
+        const code = typeof res.body.error === "string" ? res.body.error : res.body.error?.code;
+        if (res.status >= 400) expect(code, `${principal}: ${res.text}`).to.be.a("string");
         const active = row.active?.[principal];
         if (active !== undefined) expect(res.body.active, `${principal} sees active`).to.equal(active);
       }

@@ -390,6 +390,49 @@ describe("contract: real answers of every route match the served OpenAPI documen
     c.check(await t.http.post("/v1/introspect").set(rs).send({}), "post", "/v1/introspect");
   });
 
+  it("token exchange, OAuth metadata and protected resource metadata — and their errors", async () => {
+    const c = contract;
+    const task = await t.http
+      .post("/v1/tasks")
+      .set(agent)
+      .send({ goal: "delegate", resources: [{ resource: "demo-api", scopes: ["read"] }] })
+      .expect(201);
+    await t.http.post(`/v1/tasks/${task.body.task.id}/approve`).set(op).send({}).expect(200);
+    const minted = await t.http
+      .post(`/v1/tasks/${task.body.task.id}/leases`)
+      .set(agent)
+      .send({ resource: "demo-api" })
+      .expect(201);
+    const form = {
+      grant_type: "urn:ietf:params:oauth:grant-type:token-exchange",
+      subject_token: minted.body.credential.token,
+      subject_token_type: "urn:ietf:params:oauth:token-type:jwt",
+    };
+    const exchanged = c.check(
+      await t.http.post("/v1/token").set(agent).type("form").send(form),
+      "post",
+      "/v1/token",
+    );
+    expect(exchanged.status).to.equal(200);
+    c.check(
+      await t.http
+        .post("/v1/token")
+        .set(agent)
+        .type("form")
+        .send({ ...form, grant_type: "password" }),
+      "post",
+      "/v1/token",
+    );
+    c.check(await t.http.post("/v1/token").type("form").send(form), "post", "/v1/token");
+    c.check(
+      await t.http.get("/.well-known/oauth-authorization-server"),
+      "get",
+      "/.well-known/oauth-authorization-server",
+    );
+    c.check(await t.http.get("/v1/protected-resources/demo-api"), "get", "/v1/protected-resources/{name}");
+    c.check(await t.http.get("/v1/protected-resources/nope"), "get", "/v1/protected-resources/{name}");
+  });
+
   it("audit, dev and system routes", async () => {
     const c = contract;
     const audit = c.check(await t.http.get("/v1/audit?limit=5").set(op), "get", "/v1/audit");
