@@ -3,6 +3,7 @@ import { basename, join, resolve } from "node:path";
 import {
   type DetailedError,
   type Effect,
+  type PolicyJson,
   policySetTextToParts,
   policyToJson,
   validate,
@@ -53,28 +54,33 @@ export async function readCedarFiles(paths: readonly string[], baseDir: string):
 
 /**
  * Parses and validates one file against the schema, strictly: a syntax error, a template,
- * or a policy naming an unknown attribute or entity type is refused with the file and line.
+ * a policy naming an unknown attribute or entity type, a `has` test of an attribute the
+ * schema does not have, or a policy that can never hold is refused with the file and line.
+ * `known` is {@link knownAttributes} of the schema.
  */
-export function parseCedarFile(file: CedarFile, schema: string): CedarFilePolicy[] {
+export function parseCedarFile(
+  file: CedarFile,
+  schema: string,
+  known: ReadonlyMap<string, ReadonlySet<string>>,
+): CedarFilePolicy[] {
   const answer = validate({
     schema,
     policies: { staticPolicies: file.text },
     validationSettings: { mode: "strict" },
   });
   if (answer.type === "failure") throw loadError(file, answer.errors);
-  if (answer.validationErrors.length > 0) {
+  if (answer.validationErrors.length > 0)
     throw loadError(
       file,
       answer.validationErrors.map(({ error }) => error),
     );
-  }
   const parts = policySetTextToParts(file.text);
   if (parts.type === "failure") throw loadError(file, parts.errors);
   if (parts.policy_templates.length > 0) {
     throw new PolicyLoadError(`${file.path}: policy templates (?principal, ?resource) are not supported`);
   }
   let cursor = 0;
-  return parts.policies.map((text) => {
+  const policies = parts.policies.map((text): CedarFilePolicy => {
     const json = policyToJson(text);
     if (json.type === "failure") throw loadError(file, json.errors);
     // Parts are slices of the file; find each after the previous one for its line.
@@ -82,15 +88,71 @@ export function parseCedarFile(file: CedarFile, schema: string): CedarFilePolicy
     if (offset >= 0) cursor = offset + text.length;
     const line = offset >= 0 ? lineAt(file.text, offset) : undefined;
     const id = json.json.annotations?.id ?? `${basename(file.path)}:${line ?? parts.policies.indexOf(text)}`;
+    const unknown = unknownAttributeTest(json.json, known);
+    if (unknown) {
+      throw new PolicyLoadError(
+        `${file.path}:${line ?? "?"}: policy ${id} tests \`${unknown}\`, which the schema does not have` +
+          (unknown.startsWith("principal.claims has") ? " (declare the claim in policyClaims)" : ""),
+      );
+    }
     return { id, text, effect: json.json.effect, path: file.path, line };
   });
+  // An impossible policy is a typo the validator let through as "always false".
+  const impossible = answer.validationWarnings.filter(isImpossible);
+  if (impossible.length > 0)
+    throw loadError(
+      file,
+      impossible.map(({ error }) => error),
+    );
+  return policies;
+}
+
+function isImpossible(warning: { error: DetailedError }): boolean {
+  return /policy is impossible/.test(warning.error.message);
+}
+
+/** The first `x has a` in the policy where `x` is a known path and `a` is not one of its attributes. */
+function unknownAttributeTest(
+  policy: PolicyJson,
+  known: ReadonlyMap<string, ReadonlySet<string>>,
+): string | undefined {
+  const pending: unknown[] = [policy.conditions];
+  while (pending.length > 0) {
+    const node = pending.pop();
+    if (Array.isArray(node)) pending.push(...node);
+    else if (node && typeof node === "object") {
+      const has = (node as { has?: { left: unknown; attr: string | string[] } }).has;
+      if (has) {
+        let path = pathOf(has.left);
+        for (const attr of [has.attr].flat()) {
+          const attributes = path === undefined ? undefined : known.get(path);
+          if (attributes && !attributes.has(attr)) return `${path} has ${attr}`;
+          path = path === undefined ? undefined : `${path}.${attr}`;
+        }
+      }
+      pending.push(...Object.values(node));
+    }
+  }
+  return undefined;
+}
+
+/** `principal.claims` for the expression `principal.claims`; undefined for anything else. */
+function pathOf(expr: unknown): string | undefined {
+  if (!expr || typeof expr !== "object") return undefined;
+  if ("Var" in expr) return String((expr as { Var: string }).Var);
+  const access = (expr as { ".": { left: unknown; attr: string } | undefined })["."];
+  if (!access) return undefined;
+  const left = pathOf(access.left);
+  return left === undefined ? undefined : `${left}.${access.attr}`;
 }
 
 function loadError(file: CedarFile, errors: readonly DetailedError[]): PolicyLoadError {
   const lines = errors.map((error) => {
     const start = error.sourceLocations?.[0]?.start;
     const where = start === undefined ? file.path : `${file.path}:${positionAt(file.text, start)}`;
-    return `${where}: ${error.message}${error.help ? ` (${error.help})` : ""}`;
+    // Cedar numbers policies policy0, policy1, ... per call: the file and line say more.
+    const message = error.message.replace(/^for policy `[^`]*`, /, "");
+    return `${where}: ${message}${error.help ? ` (${error.help})` : ""}`;
   });
   return new PolicyLoadError(lines.join("\n"));
 }

@@ -18,7 +18,14 @@ import {
   requestContext,
   resourceEntity,
 } from "./cedar-request.ts";
-import { ACTION_TYPE, AGENT_TYPE, cedarSchema, type PolicyAction, RESOURCE_TYPE } from "./cedar-schema.ts";
+import {
+  ACTION_TYPE,
+  AGENT_TYPE,
+  cedarSchema,
+  knownAttributes,
+  type PolicyAction,
+  RESOURCE_TYPE,
+} from "./cedar-schema.ts";
 import {
   type DeclaredClaims,
   type DeclaredClaimValues,
@@ -70,7 +77,11 @@ export interface PolicySource {
  * set. Immutable; a reload builds a new one and swaps it in whole.
  */
 export class CompiledPolicy {
-  /** The preparsed policy set's id in cedar-wasm: `jitkey-<sha256 of the set>`. */
+  /**
+   * The preparsed policy set's id in cedar-wasm: `jitkey-<sha256 of schema and set>`.
+   * cedar-wasm keeps every preparsed set for the life of the process (it has no way to drop
+   * one), so naming sets by content keeps that to one per distinct policy ever loaded.
+   */
   readonly fingerprint: string;
   readonly schema: string;
   readonly declaredClaims: DeclaredClaims;
@@ -121,8 +132,9 @@ export class CompiledPolicy {
       );
     });
     this.#checkCompiledRules(policies);
+    const known = knownAttributes(this.declaredClaims);
     for (const file of inputs.cedarFiles ?? []) {
-      for (const policy of parseCedarFile(file, this.schema)) {
+      for (const policy of parseCedarFile(file, this.schema, known)) {
         add(
           { id: policy.id, effect: policy.effect, origin: `${policy.path}:${policy.line ?? "?"}` },
           policy.text,
@@ -132,7 +144,8 @@ export class CompiledPolicy {
     this.#policies = policies;
     this.sources = sources;
     this.#effects = effects;
-    this.fingerprint = `jitkey-${createHash("sha256").update(JSON.stringify(policies)).digest("hex")}`;
+    // The schema is hashed too: declaring a claim changes what agents carry into decisions.
+    this.fingerprint = `jitkey-${createHash("sha256").update(this.schema).update(JSON.stringify(policies)).digest("hex")}`;
     const parsed = preparsePolicySet(this.fingerprint, { staticPolicies: policies });
     if (parsed.type === "failure") {
       throw new PolicyLoadError(
