@@ -1,13 +1,8 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
-import {
-  type DetailedError,
-  type Effect,
-  type PolicyJson,
-  policySetTextToParts,
-  policyToJson,
-  validate,
-} from "@cedar-policy/cedar-wasm/nodejs";
+import type { DetailedError, Effect, PolicyJson } from "@cedar-policy/cedar-wasm/nodejs";
+import { chainPath } from "./attribute-use.ts";
+import { policySetTextToParts, policyToJson, validate } from "./cedar-wasm.ts";
 import { PolicyLoadError } from "./policy-errors.ts";
 
 /** One operator-written Cedar file, as read. */
@@ -21,6 +16,7 @@ export interface CedarFilePolicy {
   /** Its `@id("...")` annotation, else `<file name>:<line>`. */
   id: string;
   text: string;
+  json: PolicyJson;
   effect: Effect;
   path: string;
   line: number | undefined;
@@ -95,7 +91,7 @@ export function parseCedarFile(
           (unknown.startsWith("principal.claims has") ? " (declare the claim in policyClaims)" : ""),
       );
     }
-    return { id, text, effect: json.json.effect, path: file.path, line };
+    return { id, text, json: json.json, effect: json.json.effect, path: file.path, line };
   });
   // An impossible policy is a typo the validator let through as "always false".
   const impossible = answer.validationWarnings.filter(isImpossible);
@@ -123,7 +119,7 @@ function unknownAttributeTest(
     else if (node && typeof node === "object") {
       const has = (node as { has?: { left: unknown; attr: string | string[] } }).has;
       if (has) {
-        let path = pathOf(has.left);
+        let path = chainPath(has.left);
         for (const attr of [has.attr].flat()) {
           const attributes = path === undefined ? undefined : known.get(path);
           if (attributes && !attributes.has(attr)) return `${path} has ${attr}`;
@@ -134,16 +130,6 @@ function unknownAttributeTest(
     }
   }
   return undefined;
-}
-
-/** `principal.claims` for the expression `principal.claims`; undefined for anything else. */
-function pathOf(expr: unknown): string | undefined {
-  if (!expr || typeof expr !== "object") return undefined;
-  if ("Var" in expr) return String((expr as { Var: string }).Var);
-  const access = (expr as { ".": { left: unknown; attr: string } | undefined })["."];
-  if (!access) return undefined;
-  const left = pathOf(access.left);
-  return left === undefined ? undefined : `${left}.${access.attr}`;
 }
 
 function loadError(file: CedarFile, errors: readonly DetailedError[]): PolicyLoadError {

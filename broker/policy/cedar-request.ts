@@ -1,7 +1,8 @@
 import { isIP } from "node:net";
-import type { Context, EntityJson } from "@cedar-policy/cedar-wasm/nodejs";
+import type { CedarValueJson, Context, EntityJson } from "@cedar-policy/cedar-wasm/nodejs";
 import { CLASSIFICATIONS, type Classification, type ResourceConfig } from "../config.ts";
 import type { AgentClaims } from "../identity/principal.ts";
+import { AttributeUse } from "./attribute-use.ts";
 import { AGENT_TYPE, RESOURCE_TYPE } from "./cedar-schema.ts";
 import { cedarClaims, type DeclaredClaimValues } from "./claims.ts";
 
@@ -47,58 +48,82 @@ export function issuerOf(agent: AgentLike): string {
   return agent.issuer ?? agent.id.slice(0, Math.max(0, agent.id.indexOf(":")));
 }
 
-export function agentEntity(agent: AgentLike, claims: DeclaredClaimValues): EntityJson {
+/** Keeps the fields of `values` the policies read under `prefix`. */
+function pick(
+  use: AttributeUse,
+  prefix: string,
+  values: Record<string, CedarValueJson | undefined>,
+): Record<string, CedarValueJson> {
+  const kept: Record<string, CedarValueJson> = {};
+  for (const [name, value] of Object.entries(values)) {
+    if (value !== undefined && use.needs(`${prefix}.${name}`)) kept[name] = value;
+  }
+  return kept;
+}
+
+export function agentEntity(
+  agent: AgentLike,
+  claims: DeclaredClaimValues,
+  use: AttributeUse = AttributeUse.everything(),
+): EntityJson {
   return {
     uid: { type: AGENT_TYPE, id: agent.id },
-    attrs: {
+    attrs: pick(use, "principal", {
       id: agent.id,
-      issuer: issuerOf(agent),
-      ...(agent.owner !== undefined ? { owner: agent.owner } : {}),
-      claims: cedarClaims(claims),
-    },
+      issuer: use.needs("principal.issuer") ? issuerOf(agent) : undefined,
+      owner: agent.owner,
+      claims: use.needs("principal.claims") ? pick(use, "principal.claims", cedarClaims(claims)) : undefined,
+    }),
     parents: [],
   };
 }
 
-export function resourceEntity(resource: ResourceConfig): EntityJson {
+export function resourceEntity(
+  resource: ResourceConfig,
+  use: AttributeUse = AttributeUse.everything(),
+): EntityJson {
   return {
     uid: { type: RESOURCE_TYPE, id: resource.name },
-    attrs: {
+    attrs: pick(use, "resource", {
       name: resource.name,
       adapter: resource.adapter,
       classification: resource.classification,
       classificationRank: classificationRank(resource.classification),
-      ...(resource.owner !== undefined ? { owner: resource.owner } : {}),
+      owner: resource.owner,
       tags: [...(resource.tags ?? [])],
       scopes: [...resource.scopes],
       maxTtlSeconds: resource.maxTtlSeconds,
-    },
+    }),
     parents: [],
   };
 }
 
-export function requestContext(facts: RequestFacts): Context {
+export function requestContext(facts: RequestFacts, use: AttributeUse = AttributeUse.everything()): Context {
   const { task } = facts;
-  const address = cedarAddress(facts.sourceAddress);
-  return {
-    task: {
-      ...(task.id !== undefined ? { id: task.id } : {}),
-      goal: task.goal,
-      resources: [...task.resources],
-      scopes: [...task.scopes],
-      classification: task.classification,
-      classificationRank: classificationRank(task.classification),
-      ...(task.approver !== undefined ? { approver: task.approver } : {}),
-      ageSeconds: Math.max(0, Math.floor(task.ageSeconds)),
-      ...(task.ttlSeconds !== undefined ? { ttlSeconds: Math.floor(task.ttlSeconds) } : {}),
-    },
+  const address = use.needs("context.sourceAddress") ? cedarAddress(facts.sourceAddress) : undefined;
+  return pick(use, "context", {
+    task: use.needs("context.task")
+      ? pick(use, "context.task", {
+          id: task.id,
+          goal: task.goal,
+          resources: [...task.resources],
+          scopes: [...task.scopes],
+          classification: task.classification,
+          classificationRank: classificationRank(task.classification),
+          approver: task.approver,
+          ageSeconds: Math.max(0, Math.floor(task.ageSeconds)),
+          ttlSeconds: task.ttlSeconds !== undefined ? Math.floor(task.ttlSeconds) : undefined,
+        })
+      : undefined,
     scopes: [...facts.scopes],
-    ...(facts.ttlSeconds !== undefined ? { ttlSeconds: Math.floor(facts.ttlSeconds) } : {}),
+    ttlSeconds: facts.ttlSeconds !== undefined ? Math.floor(facts.ttlSeconds) : undefined,
     now: Math.floor(facts.now / 1000),
-    time: { __extn: { fn: "datetime", arg: new Date(facts.now).toISOString() } },
-    ...(address !== undefined ? { sourceAddress: { __extn: { fn: "ip", arg: address } } } : {}),
-    ...(facts.actor !== undefined ? { actor: facts.actor } : {}),
-  };
+    time: use.needs("context.time")
+      ? { __extn: { fn: "datetime", arg: new Date(facts.now).toISOString() } }
+      : undefined,
+    sourceAddress: address !== undefined ? { __extn: { fn: "ip", arg: address } } : undefined,
+    actor: facts.actor,
+  });
 }
 
 /**

@@ -1,15 +1,7 @@
 import { createHash } from "node:crypto";
-import {
-  type Effect,
-  type EntityJson,
-  formatPolicies,
-  type Policy,
-  policyToText,
-  preparsePolicySet,
-  statefulIsAuthorized,
-  validate,
-} from "@cedar-policy/cedar-wasm/nodejs";
+import type { Effect, EntityJson, Policy, PolicyJson } from "@cedar-policy/cedar-wasm/nodejs";
 import type { ClaimType, PolicyRule, ResourceConfig } from "../config.ts";
+import { AttributeUse } from "./attribute-use.ts";
 import { type CedarFile, parseCedarFile } from "./cedar-files.ts";
 import {
   type AgentLike,
@@ -26,6 +18,13 @@ import {
   type PolicyAction,
   RESOURCE_TYPE,
 } from "./cedar-schema.ts";
+import {
+  formatPolicies,
+  policyToText,
+  preparsePolicySet,
+  statefulIsAuthorized,
+  validate,
+} from "./cedar-wasm.ts";
 import {
   type DeclaredClaims,
   type DeclaredClaimValues,
@@ -77,27 +76,24 @@ export interface PolicySource {
  * set. Immutable; a reload builds a new one and swaps it in whole.
  */
 export class CompiledPolicy {
-  /**
-   * The preparsed policy set's id in cedar-wasm: `jitkey-<sha256 of schema and set>`.
-   * cedar-wasm keeps every preparsed set for the life of the process (it has no way to drop
-   * one), so naming sets by content keeps that to one per distinct policy ever loaded.
-   */
+  /** `jitkey-<sha256 of schema and policy set>`: equal fingerprints decide alike. */
   readonly fingerprint: string;
   readonly schema: string;
   readonly declaredClaims: DeclaredClaims;
   readonly rules: readonly CompiledRule[];
   readonly sources: readonly PolicySource[];
   readonly #resources: ReadonlyMap<string, ResourceConfig>;
-  readonly #resourceEntities: ReadonlyMap<string, EntityJson>;
+  readonly #resourceEntities: ReadonlyMap<string, EntityJson | undefined>;
+  /** What requests must carry: only what some policy reads. */
+  readonly attributeUse: AttributeUse;
   readonly #rulesById: ReadonlyMap<string, CompiledRule>;
   readonly #effects: ReadonlyMap<string, Effect>;
   readonly #policies: Readonly<Record<string, Policy>>;
+  /** Per resource, the id of the preparsed slice of the set that can apply to it. */
+  readonly #slices: ReadonlyMap<string, string>;
 
   private constructor(inputs: PolicyInputs) {
     this.#resources = new Map(inputs.resources.map((resource) => [resource.name, resource]));
-    this.#resourceEntities = new Map(
-      inputs.resources.map((resource) => [resource.name, resourceEntity(resource)]),
-    );
     const names = (index: number) => inputs.policies[index]?.name ?? `#${index}`;
     inputs.policies.forEach((rule, index) => {
       for (const name of rule.resources) {
@@ -112,9 +108,10 @@ export class CompiledPolicy {
     this.#rulesById = new Map(this.rules.map((rule) => [rule.id, rule]));
 
     const policies: Record<string, Policy> = {};
+    const policyJsons: PolicyJson[] = [];
     const sources: PolicySource[] = [];
     const effects = new Map<string, Effect>();
-    const add = (source: PolicySource, policy: Policy) => {
+    const add = (source: PolicySource, policy: Policy, json: PolicyJson) => {
       const clash = sources.find(({ id }) => id === source.id);
       if (clash) {
         throw new PolicyLoadError(
@@ -122,14 +119,13 @@ export class CompiledPolicy {
         );
       }
       policies[source.id] = policy;
+      policyJsons.push(json);
       sources.push(source);
       effects.set(source.id, source.effect);
     };
     this.rules.forEach((rule, index) => {
-      add(
-        { id: rule.id, effect: "permit", origin: `config policies[${index}]` },
-        compileRule(rule, this.rules.slice(0, index)),
-      );
+      const json = compileRule(rule, this.rules.slice(0, index));
+      add({ id: rule.id, effect: "permit", origin: `config policies[${index}]` }, json, json);
     });
     this.#checkCompiledRules(policies);
     const known = knownAttributes(this.declaredClaims);
@@ -138,20 +134,23 @@ export class CompiledPolicy {
         add(
           { id: policy.id, effect: policy.effect, origin: `${policy.path}:${policy.line ?? "?"}` },
           policy.text,
+          policy.json,
         );
       }
     }
     this.#policies = policies;
+    this.attributeUse = AttributeUse.of(policyJsons);
+    this.#resourceEntities = new Map(
+      // With no resource attribute read, the resource is only compared by id: no entity needed.
+      inputs.resources.map((resource) => [
+        resource.name,
+        this.attributeUse.needsAny("resource") ? resourceEntity(resource, this.attributeUse) : undefined,
+      ]),
+    );
     this.sources = sources;
     this.#effects = effects;
-    // The schema is hashed too: declaring a claim changes what agents carry into decisions.
-    this.fingerprint = `jitkey-${createHash("sha256").update(this.schema).update(JSON.stringify(policies)).digest("hex")}`;
-    const parsed = preparsePolicySet(this.fingerprint, { staticPolicies: policies });
-    if (parsed.type === "failure") {
-      throw new PolicyLoadError(
-        `policy set does not parse: ${parsed.errors.map((e) => e.message).join("; ")}`,
-      );
-    }
+    this.fingerprint = contentId(this.schema, policies);
+    this.#slices = this.#preparseSlices(inputs.resources, policyJsons);
   }
 
   /** Compiles, validates and preparses. Throws {@link PolicyLoadError}; nothing changes then. */
@@ -175,7 +174,7 @@ export class CompiledPolicy {
 
   view(agent: AgentLike): AgentView {
     const claims = declaredClaimValues(agent.claims, this.declaredClaims);
-    return { agent, claims, entity: agentEntity(agent, claims) };
+    return { agent, claims, entity: agentEntity(agent, claims, this.attributeUse) };
   }
 
   /**
@@ -184,15 +183,16 @@ export class CompiledPolicy {
    * request at all, which is a bug in building it, not a decision.
    */
   authorize(action: PolicyAction, agent: AgentView, resource: string, facts: RequestFacts): CedarDecision {
+    if (!this.#resourceEntities.has(resource))
+      throw new Error(`resource ${resource} is not in this policy's catalog`);
     const resourceJson = this.#resourceEntities.get(resource);
-    if (!resourceJson) throw new Error(`resource ${resource} is not in this policy's catalog`);
     const answer = statefulIsAuthorized({
       principal: { type: AGENT_TYPE, id: agent.agent.id },
       action: { type: ACTION_TYPE, id: action },
       resource: { type: RESOURCE_TYPE, id: resource },
-      context: requestContext(facts),
-      preparsedPolicySetId: this.fingerprint,
-      entities: [agent.entity, resourceJson],
+      context: requestContext(facts, this.attributeUse),
+      preparsedPolicySetId: this.#slices.get(resource) as string,
+      entities: resourceJson ? [agent.entity, resourceJson] : [agent.entity],
     });
     if (answer.type === "failure") {
       throw new Error(
@@ -221,6 +221,41 @@ export class CompiledPolicy {
       .join("\n");
   }
 
+  /**
+   * Preparses, per resource, only the policies that can apply to it: cedar-wasm copies the
+   * preparsed set on every call and evaluates each policy in it, so a decision costs in
+   * proportion to the set's size. A policy left out of a resource's slice names other
+   * resources only (a YAML rule's `resources`, a `.cedar` scope `resource == ...`), so it
+   * could never hold there: each slice decides exactly as the whole set would, with the same
+   * policy ids. Slices are named by content, because cedar-wasm keeps every preparsed set for
+   * the life of the process (it has no way to drop one): that bounds them to one per distinct
+   * slice ever loaded.
+   */
+  #preparseSlices(resources: readonly ResourceConfig[], jsons: readonly PolicyJson[]): Map<string, string> {
+    const slices = new Map<string, string>();
+    const preparsed = new Set<string>();
+    for (const resource of resources) {
+      const slice: Record<string, Policy> = {};
+      this.sources.forEach(({ id }, index) => {
+        const rule = this.#rulesById.get(id);
+        const applies = rule ? rule.resources.has(resource.name) : mayApplyTo(jsons[index], resource.name);
+        if (applies) slice[id] = this.#policies[id] as Policy;
+      });
+      const sliceId = contentId(this.schema, slice);
+      if (!preparsed.has(sliceId)) {
+        const answer = preparsePolicySet(sliceId, { staticPolicies: slice });
+        if (answer.type === "failure") {
+          throw new PolicyLoadError(
+            `policy set does not parse: ${answer.errors.map((e) => e.message).join("; ")}`,
+          );
+        }
+        preparsed.add(sliceId);
+      }
+      slices.set(resource.name, sliceId);
+    }
+    return slices;
+  }
+
   /** Compiled YAML rules must validate like any policy: a failure here is a compiler bug or a claim type clash. */
   #checkCompiledRules(policies: Record<string, Policy>): void {
     if (Object.keys(policies).length === 0) return;
@@ -244,4 +279,17 @@ function compiledText(policy: Policy): string {
   if (text.type === "failure") return JSON.stringify(policy);
   const formatted = formatPolicies({ policyText: text.text, lineWidth: 100, indentWidth: 2 });
   return formatted.type === "success" ? formatted.formatted_policy : text.text;
+}
+
+/** A name for a policy set by its content (the schema included: it shapes what requests carry). */
+function contentId(schema: string, policies: Readonly<Record<string, Policy>>): string {
+  return `jitkey-${createHash("sha256").update(schema).update(JSON.stringify(policies)).digest("hex")}`;
+}
+
+/** Whether a policy's resource scope admits the resource (no resource has parents: `in` is `==`). */
+function mayApplyTo(policy: PolicyJson | undefined, resource: string): boolean {
+  const scope = policy?.resource;
+  if (!scope || scope.op === "All" || !("entity" in scope) || !scope.entity) return true;
+  const entity = "__entity" in scope.entity ? scope.entity.__entity : scope.entity;
+  return entity.type !== RESOURCE_TYPE || entity.id === resource;
 }

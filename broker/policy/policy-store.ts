@@ -134,12 +134,15 @@ export class PolicyStore {
     return next;
   }
 
-  /** Reloads on SIGHUP and on changes to the config file and the policy files. */
-  watch(): void {
+  /**
+   * Reloads on SIGHUP and on changes to the config file and the policy files. Resolves once
+   * the file watches are in place.
+   */
+  async watch(): Promise<void> {
     if (this.#watching) return;
     this.#watching = true;
     process.on("SIGHUP", this.#onSighup);
-    void this.#rewatch();
+    await this.#rewatch();
   }
 
   /** Stops watching and listening; the policy in force stays. */

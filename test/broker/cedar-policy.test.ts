@@ -1,13 +1,13 @@
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { checkParseContext, checkParseEntities } from "@cedar-policy/cedar-wasm/nodejs";
 import { expect } from "chai";
 import { ManualClock } from "../../broker/clock.ts";
 import type { Classification } from "../../broker/config.ts";
 import { PolicyDeniedError } from "../../broker/errors.ts";
 import { readCedarFiles } from "../../broker/policy/cedar-files.ts";
 import { agentEntity, requestContext, resourceEntity } from "../../broker/policy/cedar-request.ts";
+import { checkParseContext, checkParseEntities } from "../../broker/policy/cedar-wasm.ts";
 import { CompiledPolicy } from "../../broker/policy/compiled-policy.ts";
 import {
   type AgentLike,
@@ -599,20 +599,96 @@ describe("Cedar policy engine", () => {
   });
 
   describe("entities and context", () => {
+    it("sends only the attributes some policy reads, and all of those", async () => {
+      const yamlOnly = CompiledPolicy.compile({
+        resources: catalog,
+        policies: [yamlRule({ agents: ["*"], resources: ["api"], claims: { ref: "refs/*" } })],
+        policyClaims: { groups: "string[]" },
+      });
+      const use = yamlOnly.attributeUse;
+      for (const path of ["principal.id", "principal.claims", "principal.claims.ref", "context.scopes"]) {
+        expect(use.needs(path), path).to.equal(true);
+      }
+      expect(use.needs("context.task.classificationRank")).to.equal(true);
+      expect(use.needs("context.ttlSeconds")).to.equal(true);
+      for (const path of [
+        "principal.issuer",
+        "principal.claims.groups",
+        "context.time",
+        "context.task.goal",
+      ]) {
+        expect(use.needs(path), path).to.equal(false);
+      }
+      expect(use.needsAny("resource")).to.equal(false);
+      expect(
+        yamlOnly.view({ id: "ci:x", claims: { ref: "refs/x", groups: ["a"] } }).entity.attrs,
+      ).to.deep.equal({
+        id: "ci:x",
+        claims: { ref: "refs/x" },
+      });
+
+      const withFiles = CompiledPolicy.compile({
+        resources: catalog,
+        policies: [],
+        cedarFiles: [await cedarFixture("forbid-actor.cedar"), await cedarFixture("office-hours.cedar")],
+        policyClaims: { job_workflow_ref: "string" },
+      });
+      for (const path of [
+        "resource.tags",
+        "resource.classificationRank",
+        "context.sourceAddress",
+        "context.time",
+      ]) {
+        expect(withFiles.attributeUse.needs(path), path).to.equal(true);
+      }
+      expect(withFiles.attributeUse.needs("resource.owner")).to.equal(false);
+    });
+
+    it("lets a .cedar policy read the task's goal, and a record used whole", () => {
+      const engine = new PolicyEngine(
+        {
+          resources: catalog,
+          policies: [yamlRule({ name: "read-api", agents: ["ci:*"], resources: ["api"] })],
+        },
+        {
+          cedarFiles: [
+            {
+              path: "goals.cedar",
+              text: '@id("no-exfiltration")\nforbid (principal, action, resource)\nwhen { context.task.goal like "*exfiltrat*" };\n@id("whole-task")\nforbid (principal, action, resource)\nwhen { (if context.scopes.isEmpty() then context.task else context.task).goal == "x" };\n',
+            },
+          ],
+        },
+      );
+      const request = (goal: string) => ({ goal, resources: [{ resource: "api", scopes: ["read"] }] });
+      expect(
+        deniedBy(policyDenial(() => engine.evaluateTask(CI_MAIN, request("exfiltrate the CRM")))),
+      ).to.deep.equal(["no-exfiltration"]);
+      expect(engine.evaluateTask(CI_MAIN, request("summarise tickets")).policyIds).to.deep.equal([
+        "read-api",
+      ]);
+      expect(deniedBy(policyDenial(() => engine.evaluateTask(CI_MAIN, request("x"))))).to.deep.equal([
+        "whole-task",
+      ]);
+      expect(engine.compiled.attributeUse.needs("context.task.ageSeconds")).to.equal(true);
+      expect(engine.compiled.attributeUse.needs("context.now")).to.equal(false);
+    });
+
     it("builds requests that conform to the schema the policies are validated against", () => {
       const compiled = CompiledPolicy.compile({
         resources: catalog,
         policies: [yamlRule({ agents: ["*"], resources: ["api"], claims: { ref: "refs/*" } })],
         policyClaims: { groups: "string[]", run_attempt: "number", fork: "boolean" },
       });
-      const view = compiled.view({
+      const agent = {
         id: "ci:x",
         owner: "platform",
         claims: { ref: "refs/heads/main", groups: ["a"], run_attempt: 2, fork: false, undeclared: "x" },
-      });
+      };
+      const view = compiled.view(agent);
       expect(Object.keys(view.claims).sort()).to.deep.equal(["fork", "groups", "ref", "run_attempt"]);
+      // Unpruned: every attribute the schema declares.
       const entities = checkParseEntities({
-        entities: [view.entity, resourceEntity(vault), agentEntity({ id: "k8s:sa" }, {})],
+        entities: [agentEntity(agent, view.claims), resourceEntity(vault), agentEntity({ id: "k8s:sa" }, {})],
         schema: compiled.schema,
       });
       expect(entities).to.deep.equal({ type: "success" });
