@@ -18,6 +18,7 @@ if (Number(process.versions.v8.split(".")[0]) < 13) setFlagsFromString("--no-tur
 export {
   checkParseContext,
   checkParseEntities,
+  checkParseSchema,
   formatPolicies,
   isAuthorized,
   policySetTextToParts,

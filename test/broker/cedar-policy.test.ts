@@ -1,13 +1,15 @@
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { expect } from "chai";
+import { parse as parseYaml } from "yaml";
 import { ManualClock } from "../../broker/clock.ts";
-import type { Classification } from "../../broker/config.ts";
+import type { ClaimType, Classification, PolicyRule } from "../../broker/config.ts";
 import { PolicyDeniedError } from "../../broker/errors.ts";
 import { readCedarFiles } from "../../broker/policy/cedar-files.ts";
 import { agentEntity, requestContext, resourceEntity } from "../../broker/policy/cedar-request.ts";
-import { checkParseContext, checkParseEntities } from "../../broker/policy/cedar-wasm.ts";
+import { checkParseContext, checkParseEntities, checkParseSchema } from "../../broker/policy/cedar-wasm.ts";
 import { CompiledPolicy } from "../../broker/policy/compiled-policy.ts";
 import {
   type AgentLike,
@@ -719,5 +721,40 @@ describe("Cedar policy engine", () => {
         ).to.deep.equal({ type: "success" });
       }
     });
+  });
+});
+
+describe("docs/policy.md", () => {
+  it("shows what its YAML rules compile to, and its .cedar examples load", async () => {
+    const text = await readFile(fileURLToPath(new URL("../../docs/policy.md", import.meta.url)), "utf8");
+    const blocks = (language: string) =>
+      [...text.matchAll(new RegExp(`\`\`\`${language}\\n([\\s\\S]*?)\`\`\``, "g"))].map(
+        (match) => match[1] ?? "",
+      );
+    const [rules, claims] = blocks("yaml").map((block) => parseYaml(block) as Record<string, unknown>);
+    const [compiledExample, cedarExample, schemaExample] = blocks("cedar");
+    expect(checkParseSchema(schemaExample ?? "")).to.deep.equal({ type: "success" });
+    const resources = [
+      catalogEntry("demo-api", { scopes: ["read", "write"] }),
+      catalogEntry("orders-db", { classification: "confidential", scopes: ["read", "write"] }),
+    ];
+    const config = {
+      resources,
+      policies: (rules?.policies ?? []) as PolicyRule[],
+      policyClaims: {
+        ...(claims?.policyClaims as Record<string, ClaimType>),
+        job_workflow_ref: "string" as const,
+      },
+    };
+    const engine = new PolicyEngine(config, {
+      cedarFiles: [{ path: "docs.cedar", text: cedarExample ?? "" }],
+    });
+    expect(engine.policyText()).to.include((compiledExample ?? "").trim());
+    expect(engine.compiled.sources.map(({ id }) => id)).to.include.members([
+      "release-deploys",
+      "ci-read",
+      "restricted-office-hours",
+      "dba-orders",
+    ]);
   });
 });
