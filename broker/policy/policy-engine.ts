@@ -8,7 +8,7 @@ import type { PolicyAction } from "./cedar-schema.ts";
 import { claimsToRecord } from "./claims.ts";
 import { type AgentView, type CedarDecision, CompiledPolicy } from "./compiled-policy.ts";
 import { Glob } from "./glob.ts";
-import { PolicyDenialError } from "./policy-errors.ts";
+import { PolicyDenialError, PolicyLoadError } from "./policy-errors.ts";
 
 export type { AgentLike } from "./cedar-request.ts";
 export { classificationRank } from "./cedar-request.ts";
@@ -84,7 +84,8 @@ export interface RequestOptions {
 }
 
 /** The parts of the config a policy engine is built from. */
-export type PolicyConfig = Pick<Config, "resources" | "policies"> & Partial<Pick<Config, "policyClaims">>;
+export type PolicyConfig = Pick<Config, "resources" | "policies"> &
+  Partial<Pick<Config, "policyClaims" | "policyFiles">>;
 
 /**
  * Decides task creation, minting, delegation and introspection on Cedar. The YAML rules
@@ -103,6 +104,12 @@ export class PolicyEngine {
   /** Throws {@link PolicyLoadError} when the rules or files cannot be compiled. */
   constructor(config: PolicyConfig, options: { cedarFiles?: readonly CedarFile[]; clock?: Clock } = {}) {
     this.#clock = options.clock ?? systemClock;
+    // Forbids an operator wrote must never be dropped silently: files are read by PolicyStore.
+    if ((config.policyFiles?.length ?? 0) > 0 && options.cedarFiles === undefined) {
+      throw new PolicyLoadError(
+        "policyFiles are configured: build the engine with PolicyStore.open, which reads them",
+      );
+    }
     this.#compiled = CompiledPolicy.compile({ ...config, cedarFiles: options.cedarFiles ?? [] });
     this.#nameRules(this.#compiled);
   }

@@ -157,10 +157,13 @@ export class PolicyStore {
 
   async #reload(trigger: ReloadTrigger): Promise<ReloadResult> {
     const { logger } = this.#options;
-    let sources: PolicySources;
     let compiled: CompiledPolicy;
     try {
-      sources = await this.#options.readSources();
+      const sources = await this.#options.readSources();
+      // Watch the files the new config names even if they turn out broken, so fixing them reloads.
+      const filesChanged = JSON.stringify(sources.policyFiles) !== JSON.stringify(this.#sources.policyFiles);
+      this.#sources = sources;
+      if (filesChanged && this.#watching) await this.#rewatch();
       const cedarFiles = await readCedarFiles(sources.policyFiles, this.#options.baseDir);
       compiled = CompiledPolicy.compile({
         resources: this.#options.resources,
@@ -178,9 +181,6 @@ export class PolicyStore {
       });
       return { result: "rejected", generation: this.engine.generation, error: message };
     }
-    const filesChanged = JSON.stringify(sources.policyFiles) !== JSON.stringify(this.#sources.policyFiles);
-    this.#sources = sources;
-    if (filesChanged && this.#watching) await this.#rewatch();
     if (compiled.fingerprint === this.engine.compiled.fingerprint) {
       this.#reloads?.inc({ result: "unchanged" });
       logger.info("policy reload: unchanged", { trigger, generation: this.engine.generation });

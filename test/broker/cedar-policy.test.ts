@@ -500,6 +500,13 @@ describe("Cedar policy engine", () => {
       expect(clash).to.include("read-api").and.include("c.cedar:1");
     });
 
+    it("refuses to be built from a config naming policyFiles without their content", () => {
+      loadRefusal(() => new PolicyEngine({ ...config, policyFiles: ["policies/"] }));
+      expect(
+        new PolicyEngine({ ...config, policyFiles: ["policies/"] }, { cedarFiles: [] }).compiled.sources,
+      ).to.have.length(1);
+    });
+
     it("refuses a rule naming a resource the catalog does not have", () => {
       expect(
         loadRefusal(

@@ -191,6 +191,23 @@ describe("PolicyStore", () => {
     expect(rechecked[0]?.reason).to.equal("ttlSeconds 120 exceeds the maximum of 60");
   });
 
+  it("watches the files a rejected config names, so fixing them reloads", async () => {
+    const policy = await openStore();
+    await policy.watch();
+    await mkdir(join(dir, "more"));
+    await writeFile(join(dir, "more", "extra.cedar"), "forbid (principal, action resource);\n");
+    await writeConfig(rawConfig({}, { policyFiles: ["policies", "more"] }));
+    // The config change may be picked up by the watch before this reload: either is rejected.
+    expect(await policy.reload()).to.include({ result: "rejected", generation: 1 });
+    const reloaded = nextReload(policy);
+    await writeFile(
+      join(dir, "more", "extra.cedar"),
+      '@id("extra")\nforbid (principal, action, resource) when { context.scopes.contains("write") };\n',
+    );
+    expect(await reloaded).to.include({ generation: 2, trigger: "file" });
+    expect(deniedBy(policyDenial(() => policy.engine.evaluateTask(agent, request)))).to.deep.equal(["extra"]);
+  });
+
   it("reports a reload that changes nothing as unchanged and tells no listener", async () => {
     const policy = await openStore();
     let told = 0;
