@@ -71,9 +71,9 @@ export interface PolicySource {
 }
 
 /**
- * One generation of policy: the YAML rules compiled to Cedar, the `.cedar` files, validated
- * together against the schema and preparsed once in cedar-wasm, keyed by a hash of the policy
- * set. Immutable; a reload builds a new one and swaps it in whole.
+ * One generation of policy: the YAML rules compiled to Cedar and the `.cedar` files,
+ * validated together against the schema and preparsed once in cedar-wasm (a slice per
+ * resource, see #preparseSlices). Immutable; a reload builds a new one and swaps it in whole.
  */
 export class CompiledPolicy {
   /** `jitkey-<sha256 of schema and policy set>`: equal fingerprints decide alike. */
