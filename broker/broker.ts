@@ -1,4 +1,4 @@
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Logger } from "winston";
@@ -26,6 +26,7 @@ import { LeaseRenewer } from "./leases/lease-renewer.ts";
 import { LeaseRevoker } from "./leases/lease-revoker.ts";
 import { LeaseService } from "./leases/lease-service.ts";
 import { LeaseStates } from "./leases/lease-states.ts";
+import { PolicyRecheck } from "./leases/policy-recheck.ts";
 import { RevocationService } from "./leases/revocation-service.ts";
 import { RedisLocks } from "./locks.ts";
 import { createLogger } from "./logger.ts";
@@ -34,7 +35,8 @@ import { DpopVerifier } from "./oauth/dpop.ts";
 import { leaseChildrenReader } from "./oauth/lease-children.ts";
 import { TokenExchange } from "./oauth/token-exchange.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
-import { PolicyEngine } from "./policy/policy-engine.ts";
+import type { PolicyEngine } from "./policy/policy-engine.ts";
+import { configFileSources, PolicyStore, pickSources } from "./policy/policy-store.ts";
 import { Quotas } from "./quotas/quotas.ts";
 import { connectRedis, RedisKeys } from "./redis.ts";
 import { PublishedKeys } from "./signing/published-keys.ts";
@@ -46,6 +48,8 @@ import { TaskTimeline } from "./tasks/task-timeline.ts";
 
 export interface BrokerOptions {
   logger?: Logger;
+  /** The config file it was loaded from: policy reloads read it again. */
+  configPath?: string;
   clock?: Clock;
   /** Adapters to use instead of the registry's, by resource name (tests, embedding). */
   adapters?: ReadonlyMap<string, CredentialAdapter>;
@@ -68,6 +72,8 @@ export interface Broker {
   readonly metrics: Metrics;
   readonly audit: AuditLog;
   readonly policy: PolicyEngine;
+  /** Holds the policy in force; reloads it on SIGHUP or a file change once `watch()`ed. */
+  readonly policyStore: PolicyStore;
   readonly adapters: ReadonlyMap<string, CredentialAdapter>;
   readonly signingKeys: SigningKeyring;
   /** Every broker process's public keys, published in Redis. */
@@ -177,7 +183,17 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     clock,
     taskOfLease: async (leaseId) => (await leaseStore.get(leaseId))?.taskId,
   });
-  const policy = new PolicyEngine(config);
+  const policyStore = await PolicyStore.open({
+    resources: config.resources,
+    initial: pickSources(config),
+    readSources: options.configPath ? configFileSources(options.configPath) : async () => pickSources(config),
+    baseDir: options.configPath ? dirname(resolve(options.configPath)) : process.cwd(),
+    watchFiles: options.configPath ? [resolve(options.configPath)] : [],
+    logger,
+    registry: metrics.registry,
+    clock,
+  });
+  const policy = policyStore.engine;
   const queue = new RevocationQueue(queueConnection, keys.queuePrefix);
   const states = new LeaseStates(keys, {
     staleMs: config.revocation.staleSeconds * 1000,
@@ -206,6 +222,18 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     quotas: config.quotas,
     staleMs: config.revocation.staleSeconds * 1000,
     keepSeconds: config.tasks.maxTtlSeconds + config.revocation.staleSeconds,
+  });
+  const recheck = new PolicyRecheck({
+    redis,
+    keys,
+    leases: leaseStore,
+    tasks: taskStore,
+    revoker,
+    clock,
+    logger,
+  });
+  policyStore.onReload(async ({ engine }) => {
+    await recheck.run(engine);
   });
   const minter = new LeaseMinter({
     tasks: taskStore,
@@ -317,6 +345,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     issuer,
     verifyKey: publishedKeys.verifyKey,
     states,
+    policy,
     audit,
     metrics,
     clock,
@@ -344,6 +373,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
 
   return {
     config,
+    policyStore,
     redis,
     queueConnection,
     keys,
@@ -402,6 +432,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     },
     async close() {
       publishedKeys.stop();
+      policyStore.close();
       await Promise.allSettled([sweeper.stop(), notifications.stop(), events.close()]);
       await Promise.allSettled(workers.map((worker) => worker.close()));
       await Promise.allSettled([queue.close(), deliveries.close()]);

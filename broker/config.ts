@@ -74,7 +74,18 @@ const resourceSchema = z.object({
   options: z.record(z.string(), z.unknown()).default({}),
   owner: z.string().optional(),
   description: z.string().optional(),
+  /** Free labels policies may test (`resource.tags.contains("pii")` in Cedar). */
+  tags: z.array(z.string().min(1).max(64)).max(32).optional(),
 });
+
+/** An identity claim name policies may test; also a Cedar record attribute name. */
+const claimName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_.:/-]{0,63}$/, "a claim name (max 64)");
+/** A claim value pattern: exact, or with `*` matching any run of characters. */
+const claimPattern = z.string().min(1).max(256);
+
+/** The claim types `.cedar` policies can see; YAML `claims:` conditions default to `string`. */
+export const CLAIM_TYPES = ["string", "string[]", "number", "boolean"] as const;
+export type ClaimType = (typeof CLAIM_TYPES)[number];
 
 const policySchema = z.object({
   name: z.string().optional(),
@@ -85,6 +96,11 @@ const policySchema = z.object({
   autoApprove: z.boolean().default(false),
   maxTtlSeconds: seconds.max(86_400),
   owner: z.string().optional(),
+  /**
+   * Identity claims the agent must carry for the rule to apply: each value is a pattern or a
+   * list of patterns (any of them), `*` matching any run of characters.
+   */
+  claims: z.record(claimName, z.union([claimPattern, z.array(claimPattern).min(1).max(32)])).optional(),
 });
 
 /** Events clients can wait for, stream (`GET /v1/events`) and receive by webhook. */
@@ -182,6 +198,10 @@ export const ConfigSchema = z
     introspectors: z.array(introspectorSchema).default([]),
     resources: z.array(resourceSchema).default([]),
     policies: z.array(policySchema).default([]),
+    /** Operator-written Cedar: `.cedar` files, or directories whose `.cedar` files are read. */
+    policyFiles: z.array(z.string().min(1)).default([]),
+    /** Identity claims `.cedar` policies may read, beyond those YAML `claims:` conditions name. */
+    policyClaims: z.record(claimName, z.enum(CLAIM_TYPES)).default({}),
     tasks: z
       .object({
         defaultTtlSeconds: seconds.default(3600),
@@ -320,6 +340,18 @@ export const ConfigSchema = z
         }
       });
     });
+    // Rule names become Cedar policy ids, so two rules may not share one.
+    const ruleNames = new Set<string>();
+    config.policies.forEach((rule, index) => {
+      if (rule.name === undefined) return;
+      if (ruleNames.has(rule.name))
+        ctx.addIssue({
+          code: "custom",
+          path: ["policies", index, "name"],
+          message: `duplicate name "${rule.name}"`,
+        });
+      ruleNames.add(rule.name);
+    });
     config.policies.forEach((rule, index) => {
       const known = rule.resources.flatMap((resourceName, j) => {
         const resource = resources.get(resourceName);
@@ -383,6 +415,11 @@ export interface Environment {
   REDIS_URL?: string | undefined;
   JITKEY_DATA_DIR?: string | undefined;
   LOG_LEVEL?: string | undefined;
+}
+
+/** The config file `JITKEY_CONFIG` names, resolved; `undefined` in dev mode. */
+export function configPath(env: Environment = process.env): string | undefined {
+  return env.JITKEY_CONFIG ? resolve(env.JITKEY_CONFIG) : undefined;
 }
 
 /**

@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:http";
 import { fileURLToPath } from "node:url";
 import { createApp } from "./app.ts";
 import { createBroker } from "./broker.ts";
-import { type Config, ConfigError, loadConfigFile, publicUrl } from "./config.ts";
+import { type Config, ConfigError, configPath, loadConfigFile, publicUrl } from "./config.ts";
 import { type DevModeSecrets, prepareDevMode } from "./dev-mode.ts";
 import { type EmbeddedRedis, RedisServerMissingError, startEmbeddedRedis } from "./embedded-redis.ts";
 import { createLogger } from "./logger.ts";
@@ -72,12 +72,19 @@ async function main(argv: string[]): Promise<void> {
     if (address && typeof address === "object") port = address.port;
   }
   const issuer = publicUrl(config, port);
-  const broker = await createBroker(config, { logger, issuer, dev });
+  const broker = await createBroker(config, {
+    logger,
+    issuer,
+    dev,
+    configPath: configPath(),
+  });
   if (server) {
     server.removeAllListeners("request");
     server.on("request", createApp(broker));
   }
   if (mode !== "serve") await broker.startWorkers();
+  // Policy changes apply without a restart: SIGHUP, or an edit of the config or a policy file.
+  if (mode !== "worker") await broker.policyStore.watch();
   logger.info("jitkey started", { mode, url: server ? issuer : undefined, devMode: config.devMode });
   if (dev) announceDevMode(issuer, dev);
 

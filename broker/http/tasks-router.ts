@@ -24,7 +24,7 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
   router.post("/", async (req, res) => {
     const agent = await auth.agent(req);
     const body = validate(CreateTaskBody, req.body);
-    const task = await broker.tasks.create(agent, body);
+    const task = await broker.tasks.create(agent, body, { sourceAddress: req.ip });
     res
       .status(201)
       .location(`/v1/tasks/${task.id}`)
@@ -91,7 +91,11 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
       resource: body.resource,
       proof: req.get("dpop"),
     });
-    const { lease, credential } = await broker.leases.mint(agent, req.params.id, { ...body, binding });
+    const { lease, credential } = await broker.leases.mint(agent, req.params.id, {
+      ...body,
+      binding,
+      sourceAddress: req.ip,
+    });
     // The secret travels in this one response; nothing may cache it (every /v1 answer says no-store).
     res.set("Pragma", "no-cache");
     res

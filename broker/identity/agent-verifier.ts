@@ -11,7 +11,7 @@ import {
 } from "jose";
 import type { Config, IssuerConfig } from "../config.ts";
 import { UnauthenticatedError } from "../errors.ts";
-import type { AgentPrincipal } from "./principal.ts";
+import { type AgentClaims, type AgentPrincipal, type ClaimValue, withClaims } from "./principal.ts";
 
 /** Asymmetric algorithms only: `none` and HMAC can never verify an agent. */
 export const AGENT_TOKEN_ALGORITHMS = [
@@ -90,6 +90,58 @@ async function fetchCappedJwks(url: string, init: RequestInit): Promise<Response
   return new Response(Buffer.concat(chunks), { status: response.status, headers: response.headers });
 }
 
+/** Bounds on the claims an agent carries into policy: what a token can make the broker hold. */
+export const CLAIM_LIMITS = {
+  /** Claims kept per token. */
+  count: 64,
+  /** Characters of one string claim, or of one element of a string-array claim. */
+  stringLength: 1024,
+  /** Elements of one string-array claim. */
+  arrayLength: 64,
+  /** Characters of all kept claims together, as JSON. */
+  totalLength: 8192,
+} as const;
+
+/** Per-token claims that say nothing about the workload, only about this token. */
+const TOKEN_ONLY_CLAIMS = new Set(["exp", "iat", "nbf", "jti"]);
+
+/**
+ * The claims of a verified payload that policy may match: strings, finite numbers, booleans
+ * and string arrays, within {@link CLAIM_LIMITS}. Anything else (objects, mixed arrays,
+ * oversized values, claims past the limits) is left out, which makes a rule that names it
+ * not apply: a dropped claim can only take permissions away.
+ */
+export function boundClaims(payload: Record<string, unknown>): AgentClaims {
+  const kept: Record<string, ClaimValue> = {};
+  let count = 0;
+  let total = 2;
+  for (const [name, value] of Object.entries(payload)) {
+    if (TOKEN_ONLY_CLAIMS.has(name) || name.length > 64) continue;
+    const claim = claimValue(value);
+    if (claim === undefined) continue;
+    const size = JSON.stringify(name).length + JSON.stringify(claim).length + 2;
+    if (count >= CLAIM_LIMITS.count || total + size > CLAIM_LIMITS.totalLength) continue;
+    kept[name] = claim;
+    count += 1;
+    total += size;
+  }
+  return kept;
+}
+
+function claimValue(value: unknown): ClaimValue | undefined {
+  if (typeof value === "string") return value.length <= CLAIM_LIMITS.stringLength ? value : undefined;
+  if (typeof value === "boolean") return value;
+  if (typeof value === "number") return Number.isFinite(value) ? value : undefined;
+  if (
+    Array.isArray(value) &&
+    value.length <= CLAIM_LIMITS.arrayLength &&
+    value.every((item) => typeof item === "string" && item.length <= CLAIM_LIMITS.stringLength)
+  ) {
+    return Object.freeze([...(value as string[])]);
+  }
+  return undefined;
+}
+
 /** Does a bearer token look like a JWS compact serialization? */
 export function looksLikeJwt(token: string): boolean {
   return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token);
@@ -151,12 +203,15 @@ export class AgentVerifier {
       if (typeof claim !== "string" || claim.length === 0) {
         throw new IdentityRejectedError(`claim ${issuer.config.agentIdClaim} missing`, issuer.config.name);
       }
-      return {
-        kind: "agent",
-        id: `${issuer.config.name}:${claim}`,
-        issuer: issuer.config.name,
-        owner: issuer.config.owner,
-      };
+      return withClaims(
+        {
+          kind: "agent",
+          id: `${issuer.config.name}:${claim}`,
+          issuer: issuer.config.name,
+          owner: issuer.config.owner,
+        },
+        boundClaims(payload),
+      );
     } catch (error) {
       if (error instanceof IdentityRejectedError) throw error;
       throw new IdentityRejectedError(describeJoseError(error), issuer.config.name);

@@ -6,6 +6,7 @@ import type { Clock } from "../clock.ts";
 import { actorOf, type IntrospectorPrincipal, type OperatorPrincipal } from "../identity/principal.ts";
 import type { Metrics } from "../metrics.ts";
 import { type ActClaim, actClaim, type PurposeClaim, purposeOf } from "../oauth/credential-claims.ts";
+import type { PolicyCheck, PolicyEngine } from "../policy/policy-engine.ts";
 import type { RedisKeys } from "../redis.ts";
 import { parse } from "../store/record-store.ts";
 import type { Task } from "../tasks/task.ts";
@@ -47,11 +48,12 @@ type Verdict =
   | "lease_expired"
   | "task_not_live"
   | "ancestor_not_active"
+  | "policy_denied"
   | "other_resource";
 
 /** What the broker knows of a credential now, before deciding what a caller may learn of it. */
 export interface CredentialAssessment {
-  verdict: Exclude<Verdict, "other_resource">;
+  verdict: Exclude<Verdict, "other_resource" | "policy_denied">;
   /** The verified claims, when the token is a broker-signed credential. */
   payload?: JWTPayload;
   lease?: Lease;
@@ -65,6 +67,13 @@ const INACTIVE_AUDIT_EVERY_MS = 60_000;
 const VERIFIED_CACHE_SIZE = 10_000;
 
 /**
+ * How long a lease's policy decision is reused: policy is evaluated on introspection, and a
+ * resource server asking about one credential many times a second gets one evaluation per
+ * second, never one older than a policy reload.
+ */
+const POLICY_DECISION_MS = 1000;
+
+/**
  * Answers "is this credential still authorised now?" for broker-signed tokens: active only
  * while the signature verifies, the lease is `active` and unexpired, and its task is approved
  * and unexpired — so completion or a force revoke switches it off at once. One Redis read
@@ -74,6 +83,7 @@ const VERIFIED_CACHE_SIZE = 10_000;
  */
 export class Introspection {
   readonly #verified = new Map<string, JWTPayload>();
+  readonly #decisions = new Map<string, { generation: number; until: number; check: PolicyCheck }>();
 
   constructor(
     private readonly deps: {
@@ -83,6 +93,8 @@ export class Introspection {
       /** Every broker's public keys: a credential another broker signed verifies here too. */
       verifyKey: JWTVerifyGetKey;
       states: LeaseStates;
+      /** Policy as it is now: a live lease the policy no longer permits is inactive. */
+      policy: Pick<PolicyEngine, "stillPermitted" | "generation">;
       audit: AuditLog;
       metrics: Metrics;
       clock: Clock;
@@ -102,6 +114,11 @@ export class Introspection {
     if (verdict !== "active" || !task) {
       await this.auditInactive(lease, caller, verdict, now);
       return this.answer(verdict === "active" ? "task_not_live" : verdict);
+    }
+    const permitted = this.permitted(lease, task, now);
+    if (!permitted.allowed) {
+      await this.auditInactive(lease, caller, "policy_denied", now, permitted);
+      return this.answer("policy_denied");
     }
     if (!lease.firstUsedAt) await this.auditFirstUse(lease, caller, now);
     this.deps.metrics.introspections.inc({ result: "active" });
@@ -191,6 +208,20 @@ export class Introspection {
     }
   }
 
+  /** Whether the policy in force still permits the lease (see {@link POLICY_DECISION_MS}). */
+  private permitted(lease: Lease, task: Task, now: number): PolicyCheck {
+    const { policy } = this.deps;
+    const cached = this.#decisions.get(lease.id);
+    if (cached && cached.generation === policy.generation && cached.until > now) return cached.check;
+    const check = policy.stillPermitted(lease, task);
+    if (this.#decisions.size >= VERIFIED_CACHE_SIZE) {
+      const oldest = this.#decisions.keys().next().value;
+      if (oldest !== undefined) this.#decisions.delete(oldest);
+    }
+    this.#decisions.set(lease.id, { generation: policy.generation, until: now + POLICY_DECISION_MS, check });
+    return check;
+  }
+
   private answer(verdict: Exclude<Verdict, "active">): { active: false } {
     this.deps.metrics.introspections.inc({ result: verdict });
     return { active: false };
@@ -207,11 +238,15 @@ export class Introspection {
     caller: IntrospectorPrincipal | OperatorPrincipal,
     verdict: Verdict,
     now: number,
+    policy?: PolicyCheck,
   ): Promise<void> {
     const last = lease.inactiveAuditedAt ? Date.parse(lease.inactiveAuditedAt) : 0;
     if (now - last < INACTIVE_AUDIT_EVERY_MS) return;
     const write = this.deps.states.inactiveSeen(lease, new Date(now).toISOString());
-    this.deps.audit.add(write, this.event(lease, caller, "deny", verdict));
+    this.deps.audit.add(write, {
+      ...this.event(lease, caller, "deny", policy ? `${verdict}: ${policy.reason}` : verdict),
+      ...(policy ? { policyIds: policy.policyIds } : {}),
+    });
     await this.deps.audit.apply(write);
   }
 

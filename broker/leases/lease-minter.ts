@@ -19,6 +19,7 @@ import { newId } from "../ids.ts";
 import type { Metrics } from "../metrics.ts";
 import { credentialClaims } from "../oauth/credential-claims.ts";
 import type { LeaseDecision, PolicyEngine } from "../policy/policy-engine.ts";
+import { policyIdsOf } from "../policy/policy-errors.ts";
 import { QuotaExceededError, type Quotas, type Reservation } from "../quotas/quotas.ts";
 import type { RecordStore } from "../store/record-store.ts";
 import type { Task } from "../tasks/task.ts";
@@ -33,6 +34,8 @@ export interface MintRequest {
   ttlSeconds?: number;
   /** Bind the credential to this key (a verified DPoP proof's thumbprint). */
   binding?: { jkt: string };
+  /** Where the request came from, for policies that decide by address. */
+  sourceAddress?: string;
 }
 
 export interface LeaseMinterDeps {
@@ -118,7 +121,7 @@ export class LeaseMinter {
     const { policy, clock } = this.deps;
     let decision: LeaseDecision;
     try {
-      decision = policy.evaluateLease(agent.id, task, request);
+      decision = policy.evaluateLease(agent, task, request, { sourceAddress: request.sourceAddress });
     } catch (error) {
       if (error instanceof PolicyDeniedError) return denied(error);
       throw error;
@@ -265,6 +268,7 @@ export class LeaseMinter {
       resource: lease.resource,
       decision: "allow",
       reason: `rule ${this.deps.policy.ruleName(decision.rule)}`,
+      policyIds: decision.policyIds,
       scopes: lease.scopes,
       expiresAt,
     });
@@ -300,6 +304,7 @@ export class LeaseMinter {
       resource: request.resource,
       decision: "deny",
       reason: error instanceof PolicyDeniedError ? error.reason : error.message,
+      ...(error instanceof PolicyDeniedError ? { policyIds: policyIdsOf(error) } : {}),
     });
     throw error;
   }

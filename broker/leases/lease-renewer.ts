@@ -53,7 +53,7 @@ export class LeaseRenewer {
       );
     let maxTtlSeconds: number;
     try {
-      const decision = policy.evaluateLease(agent.id, task, {
+      const decision = policy.evaluateLease(agent, task, {
         resource: lease.resource,
         scopes: lease.scopes,
       });

@@ -83,7 +83,7 @@ export class TokenExchange {
       this.checkTarget(parent, request);
       const binding = this.binding(parent.lease, request, proof);
       const actor = await this.actor(caller, request);
-      const decision = this.decide(parent, request);
+      const decision = this.decide(parent, request, actor);
       const lease = this.childLease(parent, { caller, actor, decision, binding, request });
       await this.writeIssuing(lease, parent.lease);
       const issued = await this.issue(caller, parent, lease);
@@ -193,16 +193,23 @@ export class TokenExchange {
     }
   }
 
-  /** Scopes ⊆ the parent's, and policy as it is now for the task's agent. */
-  private decide(parent: Parent, request: ExchangeRequest): LeaseDecision {
+  /** Scopes ⊆ the parent's, and policy as it is now: may the task's agent delegate this to `actor`? */
+  private decide(parent: Parent, request: ExchangeRequest, actor: string): LeaseDecision {
     const scopes = request.scopes ?? parent.lease.scopes;
     const wider = scopes.filter((scope) => !parent.lease.scopes.includes(scope));
     if (wider.length > 0)
       throw new OAuthError("invalid_scope", `scope ${wider.join(" ")} is not in subject_token's scope`);
     try {
-      return this.deps.policy.evaluateLease(parent.task.agentId, parent.task, {
+      const { task } = parent;
+      const agent = {
+        id: task.agentId,
+        ...(task.agentOwner !== undefined ? { owner: task.agentOwner } : {}),
+        ...(task.agentClaims !== undefined ? { claims: task.agentClaims } : {}),
+      };
+      return this.deps.policy.evaluateDelegation(agent, task, {
         resource: parent.lease.resource,
         scopes,
+        actor,
       });
     } catch (error) {
       if (error instanceof PolicyDeniedError) throw new OAuthError("invalid_grant", error.reason);

@@ -20,6 +20,7 @@ import {
 import { DEFAULT_TENANT, newId } from "../ids.ts";
 import type { Metrics } from "../metrics.ts";
 import type { PolicyEngine } from "../policy/policy-engine.ts";
+import { policyIdsOf } from "../policy/policy-errors.ts";
 import { QuotaExceededError, type Quotas, type Reservation } from "../quotas/quotas.ts";
 import type { RedisKeys, ShardKeys } from "../redis.ts";
 import { AtomicWrite } from "../store/atomic-write.ts";
@@ -73,7 +74,11 @@ export class TaskService {
    * Creates a task; `approved` at once when every rule involved allows auto-approval and it
    * needs no more than one approval (restricted data always waits for two operators).
    */
-  async create(agent: AgentPrincipal, request: NewTask): Promise<Task> {
+  async create(
+    agent: AgentPrincipal,
+    request: NewTask,
+    context: { sourceAddress?: string } = {},
+  ): Promise<Task> {
     const { clock, policy, audit, config, keys } = this.deps;
     const ttlSeconds = request.ttlSeconds ?? config.tasks.defaultTtlSeconds;
     let decision: ReturnType<PolicyEngine["evaluateTask"]>;
@@ -83,7 +88,7 @@ export class TaskService {
           `task ttlSeconds ${ttlSeconds} exceeds the maximum of ${config.tasks.maxTtlSeconds}`,
         );
       }
-      decision = policy.evaluateTask(agent.id, request);
+      decision = policy.evaluateTask(agent, { ...request, ttlSeconds }, context);
     } catch (error) {
       if (error instanceof PolicyDeniedError) await this.rejected(agent, request, error);
       throw error;
@@ -108,6 +113,9 @@ export class TaskService {
       approvalsRequired,
       ...(autoApprove ? { approvedAt: at, approvedBy: decision.approvedBy } : {}),
     };
+    // What the agent presented, so later decisions (introspection, a reload) judge the task on it.
+    const agentClaims = policy.claimsToRecord(agent, decision);
+    if (Object.keys(agentClaims).length > 0) task.agentClaims = agentClaims;
     const reservation = await this.reservePending(agent, request, task);
     const shard = keys.forId(task.id);
     const retentionMs = this.retentionSeconds * 1000;
@@ -136,6 +144,7 @@ export class TaskService {
       agentOwner: agent.owner,
       issuer: agent.issuer,
       approvalsRequired,
+      policyIds: decision.policyIds,
       ...(decision.autoApprove && !autoApprove
         ? { autoApproveWithheld: `restricted data needs ${approvalsRequired} operators' approval` }
         : {}),
@@ -182,7 +191,7 @@ export class TaskService {
       agentId: agent.id,
       decision: "deny",
       reason: error instanceof PolicyDeniedError ? error.reason : error.message,
-      ...(error instanceof QuotaExceededError ? { quota: error.quota } : {}),
+      ...(error instanceof QuotaExceededError ? { quota: error.quota } : { policyIds: policyIdsOf(error) }),
       goal: request.goal,
       resources: request.resources,
     });

@@ -36,6 +36,11 @@ export interface Task {
   agentId: string;
   /** The accountable owner of the agent's identity (its issuer's `owner`), shown to approvers. */
   agentOwner?: string;
+  /**
+   * The identity claims the agent presented when it created the task, as far as policy can
+   * read them: later decisions on the task (introspection, a policy reload) judge it on these.
+   */
+  agentClaims?: Record<string, string | number | boolean | readonly string[]>;
   goal: string;
   /** What the task may mint for: as asked, or as an approval narrowed it. */
   resources: TaskResource[];

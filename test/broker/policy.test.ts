@@ -1,45 +1,12 @@
 import { expect } from "chai";
-import type { Classification, PolicyRule, ResourceConfig } from "../../broker/config.ts";
-import { PolicyDeniedError } from "../../broker/errors.ts";
+import type { Classification } from "../../broker/config.ts";
 import { agentGlobMatches, classificationRank, PolicyEngine } from "../../broker/policy/policy-engine.ts";
+import {
+  policyDenial as denial,
+  catalogEntry as resource,
+  yamlRule as rule,
+} from "../fixtures/policy/builders.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-
-function resource(name: string, extra: Partial<ResourceConfig> = {}): ResourceConfig {
-  return {
-    name,
-    adapter: "jwt",
-    classification: "internal",
-    scopes: ["read", "write", "admin"],
-    maxTtlSeconds: 900,
-    options: {},
-    ...extra,
-  };
-}
-
-function rule(extra: Partial<PolicyRule> & Pick<PolicyRule, "agents" | "resources">): PolicyRule {
-  return {
-    scopes: ["read"],
-    maxClassification: "internal",
-    autoApprove: false,
-    maxTtlSeconds: 300,
-    ...extra,
-  };
-}
-
-/** Runs `fn` and returns the policy denial it throws. */
-function denial(fn: () => unknown): PolicyDeniedError {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).to.be.instanceOf(PolicyDeniedError);
-    const denied = error as PolicyDeniedError;
-    expect(denied.code).to.equal("policy_denied");
-    expect(denied.status).to.equal(403);
-    expect(denied.reason).to.be.a("string").and.not.equal("");
-    return denied;
-  }
-  throw new Error("expected a policy denial");
-}
 
 describe("PolicyEngine", () => {
   describe("agent globs", () => {

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Worker } from "bullmq";
@@ -55,6 +55,8 @@ export interface TestBrokerOptions {
   redisUrl?: string;
   /** Dev-mode extras: with them (and `devMode: true` in the config) the dev routes are mounted. */
   dev?: DevModeSecrets;
+  /** Write the config to this file and load it from there, so policy reloads read it again. */
+  configFile?: string;
 }
 
 /** A broker over real Redis with a unique prefix, a test issuer, operators and adapters. */
@@ -146,6 +148,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
   raw.data = { dir: await dataDir() };
   await options.config?.(raw);
   const config = parseConfig(raw, "test config");
+  if (options.configFile) await writeFile(options.configFile, JSON.stringify(raw, null, 2));
   const redis = testRedis();
   const recording = new RecordingAdapter(redis, `${prefix}:recording`);
   const logs = new CapturedLogs();
@@ -156,6 +159,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
     issuer: "http://jitkey.test",
     adapters: new Map<string, CredentialAdapter>([["records", recording], ...(options.adapters ?? [])]),
     dev: options.dev,
+    configPath: options.configFile,
   });
   const worker =
     options.workers === false

@@ -20,7 +20,8 @@ describe("process: npm start", () => {
     children.push(broker.child);
     const started = await waitForStart(broker);
     expect(started.devMode).to.equal(true);
-    expect(broker.stderr()).to.include("DEV MODE");
+    // The banner goes to stderr just after the log line on stdout: two pipes, no order between them.
+    await eventually(async () => broker.stderr().includes("DEV MODE"), 5000);
     const operatorToken = devOperatorToken(broker) as string;
     expect(operatorToken).to.match(/^jkop_/);
     // The operator token is shown once on the terminal, never in the structured log.
