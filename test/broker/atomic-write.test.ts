@@ -1,0 +1,131 @@
+import { expect } from "chai";
+import { RedisKeys } from "../../broker/redis.ts";
+import { AtomicWrite, AtomicWriter } from "../../broker/store/atomic-write.ts";
+import { deletePrefix, testRedis, uniquePrefix } from "../helpers/redis.ts";
+
+describe("atomic writes: a change, its indexes and its audit events together, or nothing", () => {
+  const redis = testRedis();
+  const prefix = uniquePrefix("atomic");
+  const keys = new RedisKeys(prefix, "default", 4);
+  const shard = keys.shard(1);
+  const writer = new AtomicWriter(redis, { retentionMs: 3_600_000, channel: `${prefix}:events` });
+  const event = (json: object, indexKeys: string[] = [], publish = false) => ({
+    json: JSON.stringify(json),
+    indexKeys,
+    publish,
+  });
+  after(async () => {
+    await deletePrefix(redis, prefix);
+    redis.disconnect();
+  });
+
+  it("applies a guarded patch with its index writes and events, returning the record after", async () => {
+    await redis.set(shard.lease("a"), JSON.stringify({ id: "a", status: "active", round: 1 }));
+    const write = new AtomicWrite(shard)
+      .guard(shard.lease("a"), ["active"], { equals: { round: 1 } })
+      .patch({ status: "revoked", revokedAt: "2026-01-01T00:00:00.000Z" }, { expiry: { seconds: 60 } })
+      .zrem(shard.liveLeases, "a")
+      .event(event({ type: "lease_revoked", leaseId: "a" }, [shard.auditOfTask("t1")]));
+    await redis.zadd(shard.liveLeases, 1, "a");
+    const result = await writer.run(write);
+    expect(result.ok).to.equal(true);
+    expect(JSON.parse(result.record ?? "{}")).to.include({ status: "revoked", round: 1 });
+    expect(await redis.zscore(shard.liveLeases, "a")).to.equal(null);
+    expect(await redis.ttl(shard.lease("a"))).to.be.within(1, 60);
+    const [id] = result.eventIds;
+    expect(await redis.lrange(shard.auditOfTask("t1"), 0, -1)).to.deep.equal([id]);
+    const [[, fields]] = (await redis.xrange(shard.audit, id as string, id as string)) as [
+      [string, string[]],
+    ];
+    expect(JSON.parse(fields[1] ?? "{}")).to.include({ type: "lease_revoked" });
+  });
+
+  it("applies nothing, events included, when a guard fails, and says which guard and what it saw", async () => {
+    await redis.set(shard.lease("b"), JSON.stringify({ id: "b", status: "revoked" }));
+    await redis.set(
+      shard.task("t2"),
+      JSON.stringify({ id: "t2", status: "approved", expiresAt: "2000-01-01T00:00:00.000Z" }),
+    );
+    const before = await redis.xlen(shard.audit);
+    const write = new AtomicWrite(shard)
+      .guard(shard.lease("b"), ["revoked"])
+      .guard(shard.task("t2"), ["approved"], { laterThan: { expiresAt: "2026-01-01T00:00:00.000Z" } })
+      .patch({ note: "x" })
+      .zadd(shard.liveLeases, 5, "b")
+      .event(event({ type: "lease_issued" }));
+    const result = await writer.run(write);
+    expect(result).to.include({ ok: false, failedGuard: 1 });
+    expect(JSON.parse(result.record ?? "{}")).to.include({ id: "t2" });
+    expect(await redis.zscore(shard.liveLeases, "b")).to.equal(null);
+    expect(await redis.xlen(shard.audit)).to.equal(before);
+    expect(JSON.parse((await redis.get(shard.lease("b"))) ?? "{}")).to.not.have.property("note");
+  });
+
+  it("treats an expected null as an absent field, and refuses a create over an existing record", async () => {
+    await redis.set(shard.lease("c"), JSON.stringify({ id: "c", status: "active" }));
+    const first = await writer.run(
+      new AtomicWrite(shard)
+        .guard(shard.lease("c"), ["active"], { equals: { firstUsedAt: null } })
+        .patch({ firstUsedAt: "now" }),
+    );
+    expect(first.ok).to.equal(true);
+    const second = await writer.run(
+      new AtomicWrite(shard)
+        .guard(shard.lease("c"), ["active"], { equals: { firstUsedAt: null } })
+        .patch({ firstUsedAt: "later" }),
+    );
+    expect(second.ok).to.equal(false);
+    const exists = await writer.run(
+      new AtomicWrite(shard).create(shard.lease("c"), { id: "c" }).zadd(shard.allLeases, 1, "c"),
+    );
+    expect(exists).to.include({ ok: false, exists: true });
+    expect(await redis.zscore(shard.allLeases, "c")).to.equal(null);
+  });
+
+  it("moves the members of a set that are in the given indexes, and writes how many into an event", async () => {
+    await redis.zadd(shard.taskLeases("t3"), 1, "l1", 2, "l2", 3, "l3");
+    await redis.zadd(shard.liveLeases, 10, "l1");
+    await redis.zadd(shard.failedLeases, 20, "l2");
+    const write = new AtomicWrite(shard).moveMembers(
+      shard.taskLeases("t3"),
+      [shard.liveLeases, shard.failedLeases],
+      shard.revokingLeases,
+      99,
+    );
+    write.event(event({ type: "task_completed" }, [], true), { movedCountField: "revoking" });
+    const result = await writer.run(write);
+    expect([...result.moved].sort()).to.deep.equal(["l1", "l2"]);
+    expect(await redis.zrange(shard.revokingLeases, 0, -1, "WITHSCORES")).to.deep.equal([
+      "l1",
+      "99",
+      "l2",
+      "99",
+    ]);
+    const [[, fields]] = (await redis.xrange(
+      shard.audit,
+      result.eventIds[0] as string,
+      result.eventIds[0] as string,
+    )) as [[string, string[]]];
+    expect(JSON.parse(fields[1] ?? "{}")).to.include({ revoking: 2 });
+  });
+
+  it("refuses, before sending anything, a key of another shard: one write, one slot", () => {
+    expect(() => new AtomicWrite(shard).zadd(keys.shard(2).liveLeases, 1, "x")).to.throw(/not in shard/);
+  });
+
+  it("trims the shard's stream and an index list by retention as it appends", async () => {
+    const short = new AtomicWriter(redis, { retentionMs: 1, channel: `${prefix}:events` });
+    const trimShard = keys.shard(3);
+    const index = trimShard.auditOfAgent("a");
+    await writer.runAll(
+      Array.from({ length: 300 }, (_, n) => new AtomicWrite(trimShard).event(event({ n }, [index]))),
+    );
+    expect(await redis.xlen(trimShard.audit)).to.equal(300);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await short.run(new AtomicWrite(trimShard).event(event({ n: 300 }, [index])));
+    // The list drops a few expired ids from its head on every append.
+    expect(await redis.llen(index)).to.equal(301 - 8);
+    // MINID trims whole stream nodes (~, 100 entries each): the old ones are gone.
+    expect(await redis.xlen(trimShard.audit)).to.be.below(300);
+  });
+});
