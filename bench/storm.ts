@@ -67,7 +67,7 @@ export async function measureStorm(
   // The broker floors `now + ttl` to whole seconds. A request sent in the first 700 ms of a
   // second with ttl = ceil((E − now) / 1 s) lands in second E unless it waits > 300 ms.
   const expectedMintMs = (settings.leases / Math.max(1, mintRps * 0.6)) * 1000;
-  const stormAt = Math.ceil((Date.now() + 1.25 * expectedMintMs + 2000) / 1000) * 1000;
+  const stormAt = Math.ceil((Date.now() + 1.25 * expectedMintMs + 1000) / 1000) * 1000;
   const agents = identity.agentTokens.length;
   const leases: Minted[] = await pool(
     Array.from({ length: settings.leases }, (_, i) => i),

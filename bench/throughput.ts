@@ -98,6 +98,8 @@ async function interleaved(
   for (let round = 0; round < settings.rounds; round++) {
     for (const i of round % 2 === 0 ? order : [...order].reverse()) {
       const contender = contenders[i] as Contender;
+      // Answers still in flight when a window closes must not spill into the next broker's window.
+      await sleep(250);
       results[i] = await load.run({
         ...spec(contender),
         durationSeconds: settings.windowSeconds / settings.rounds,
