@@ -175,7 +175,9 @@ export async function startRedis(run: BenchRun): Promise<BenchRedis> {
   await waitFor(
     "redis-server",
     async () => {
-      if (proc.child.exitCode !== null) throw new Error(`redis-server exited:\n${await tail(proc.logFile)}`);
+      // No pid: the binary could not be started at all (not on the PATH).
+      if (proc.child.exitCode !== null || proc.child.pid === undefined)
+        throw new Error(`redis-server did not start (is it on the PATH?):\n${await tail(proc.logFile)}`);
       const log = await readFile(proc.logFile, "utf8").catch(() => "");
       return log.includes("Ready to accept connections") ? true : undefined;
     },

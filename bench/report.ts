@@ -1,5 +1,5 @@
 /** Every figure of a run, under flat dotted keys (`"mint.rps"`), as printed on the last line. */
-export type Figures = Record<string, number | string | boolean | string[] | null>;
+export type Figures = Record<string, number | string | boolean | number[] | string[] | null>;
 
 /** One of the issue's targets, judged on a run's figures. */
 export interface Target {

@@ -59,6 +59,9 @@ const progress = (message: string) =>
     `[bench ${((performance.now() - began) / 1000).toFixed(1).padStart(6)} s] ${message}\n`,
   );
 
+/** Two decimals are more than any figure here can tell. */
+const round = (value: number) => Math.round(value * 100) / 100;
+
 function throughputFigures(prefix: string, result: ThroughputResult): Figures {
   const { mint, introspect, memory } = result;
   return {
@@ -194,11 +197,14 @@ async function main(): Promise<void> {
       "reconcile.ms_empty": reconcileEmpty,
       "reconcile.ms_full": reconcileFull,
       "reconcile.passes_full": scale.reconcileFullMs.length,
-      "reconcile.ms_full_slowest": Math.max(...scale.reconcileFullMs),
+      "reconcile.runs_empty_ms": scale.reconcileEmptyMs.map(round),
+      "reconcile.runs_full_ms": scale.reconcileFullMs.map(round),
       "ratio.reconcile": reconcileFull / reconcileEmpty,
       "startup.ready_ms_empty": startupEmpty,
       "startup.ready_ms_full": startupFull,
       "startup.leases": scale.leases,
+      "startup.runs_empty_ms": scale.startupEmptyMs.map(round),
+      "startup.runs_full_ms": scale.startupFullMs.map(round),
       "ratio.startup": startupFull / startupEmpty,
       "seed.seconds": scale.seedSeconds,
       "seed.bytes_per_lease": scale.seedBytesPerLease,
@@ -237,8 +243,7 @@ async function main(): Promise<void> {
       "targets.missed": missed,
     });
     for (const [key, value] of Object.entries(figures))
-      if (typeof value === "number")
-        figures[key] = Number.isFinite(value) ? Math.round(value * 100) / 100 : null;
+      if (typeof value === "number") figures[key] = Number.isFinite(value) ? round(value) : null;
 
     process.stdout.write(`\n${renderTable(figures, targets)}\n\n`);
     process.stdout.write(
