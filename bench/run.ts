@@ -257,6 +257,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify(figures)}\n`);
   } finally {
     await run.close(options.keep === true);
+    if (options.keep) progress(`kept ${run.dir} (config and every process's log)`);
   }
 }
 
