@@ -1,3 +1,4 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import cors from "cors";
 import express, { type Express, type RequestHandler, Router } from "express";
 import helmet from "helmet";
@@ -5,6 +6,7 @@ import type { Broker } from "./broker.ts";
 import { InvalidRequestError } from "./errors.ts";
 import { Authenticator } from "./http/auth.ts";
 import { errorMiddleware, notFoundHandler, sendError } from "./http/error-middleware.ts";
+import { type HotRouteParts, hotRoutes } from "./http/hot-routes.ts";
 import { leasesRouter, revocationsRouter } from "./http/leases-router.ts";
 import { buildOpenApi } from "./http/openapi.ts";
 import { devRouter, oversightRouter } from "./http/operator-router.ts";
@@ -16,8 +18,18 @@ import { oauthRouter } from "./oauth/oauth-router.ts";
 /** Media types a request body may have; anything else is 415 before it is read. */
 const BODY_TYPES = ["application/json", "application/x-www-form-urlencoded"];
 
-/** Builds the Express app over a broker. Does not listen: easy to test with supertest. */
-export function createApp(broker: Broker): Express {
+/** The broker's HTTP request listener: the hot routes, then the Express app for the rest. */
+export type BrokerHttp = ((req: IncomingMessage, res: ServerResponse) => void) & {
+  readonly express: Express;
+};
+
+/**
+ * Builds the broker's HTTP request listener. Does not listen: pass it to `http.createServer`,
+ * or to supertest. Minting and introspection — the routes on every agent's and resource
+ * server's critical path — are served by lean handlers (`http/hot-routes.ts`) made of the
+ * same parts as the Express app, which serves everything else.
+ */
+export function createApp(broker: Broker): BrokerHttp {
   const app = express();
   app.disable("x-powered-by");
   // JSON API answers are not cacheable (many carry secrets): no ETag, and no hashing of every body for one.
@@ -26,31 +38,31 @@ export function createApp(broker: Broker): Express {
   app.set("query parser", "simple");
   const health = new RedisHealth({ api: broker.redis, queue: broker.queueConnection }, broker.logger);
 
-  app.use((req, res, next) => {
-    const requestId = newId("req");
-    res.locals.requestId = requestId;
-    res.set("X-Request-Id", requestId);
+  const logRequests = broker.logger.isLevelEnabled("info");
+  const logRequest = (req: IncomingMessage, res: ServerResponse, requestId: string) => {
+    if (!logRequests) return;
     const started = process.hrtime.bigint();
     res.on("finish", () => {
       broker.logger.info("request", {
         requestId,
         method: req.method,
-        path: req.originalUrl.split("?")[0]?.slice(0, 200),
+        path: (req.url ?? "").split("?")[0]?.slice(0, 200),
         status: res.statusCode,
         ms: Number(process.hrtime.bigint() - started) / 1e6,
       });
     });
+  };
+  app.use((req, res, next) => {
+    const requestId = newId("req");
+    res.locals.requestId = requestId;
+    res.set("X-Request-Id", requestId);
+    logRequest(req, res, requestId);
     next();
   });
-  app.use(securityHeaders());
-  // Answers carry credentials and live state: no cache may keep one, errors included.
-  app.use("/v1", (_req, res, next) => {
-    res.set("Cache-Control", "no-store");
-    next();
-  });
+  const headers: RequestHandler[] = [securityHeaders()];
   const origins = broker.config.http.cors?.origins;
   if (origins) {
-    app.use(
+    headers.push(
       cors({
         origin: origins.map((origin) => origin.replace(/\/$/, "")),
         methods: ["GET", "POST", "DELETE"],
@@ -60,10 +72,20 @@ export function createApp(broker: Broker): Express {
       }),
     );
   }
+  app.use(headers[0] as RequestHandler);
+  // Answers carry credentials and live state: no cache may keep one, errors included.
+  app.use("/v1", (_req, res, next) => {
+    res.set("Cache-Control", "no-store");
+    next();
+  });
+  for (const handler of headers.slice(1)) app.use(handler);
   app.use("/v1", failFastWhileRedisDown(health, sendError));
   app.use(refuseUnknownBodyTypes);
-  app.use(express.json({ limit: "64kb" }));
-  app.use(express.urlencoded({ extended: false, limit: "64kb", parameterLimit: 100 }));
+  const bodyParsers = [
+    express.json({ limit: "64kb" }),
+    express.urlencoded({ extended: false, limit: "64kb", parameterLimit: 100 }),
+  ];
+  for (const parser of bodyParsers) app.use(parser);
 
   const auth = new Authenticator(broker);
   app.use("/v1/tasks", tasksRouter(broker, auth));
@@ -75,7 +97,20 @@ export function createApp(broker: Broker): Express {
   app.use(systemRouter(broker, health));
   app.use(notFoundHandler);
   app.use(errorMiddleware(broker.logger, health));
-  return app;
+
+  const hot = hotRoutes(broker, {
+    auth,
+    health,
+    headers: headers as unknown as HotRouteParts["headers"],
+    bodyParsers: bodyParsers as unknown as HotRouteParts["bodyParsers"],
+    bodyTypes: BODY_TYPES,
+    trustProxy: app.get("trust proxy fn"),
+    logRequest,
+  });
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    if (!hot(req, res)) app(req, res);
+  };
+  return Object.assign(listener, { express: app });
 }
 
 /**

@@ -3,6 +3,19 @@ import { randomBytes } from "node:crypto";
 /** The base64url alphabet, in order: an id's shard is the position of its first random character. */
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+/** Random bytes drawn a page at a time: one system call per 4 KiB instead of one per id. */
+let pool = Buffer.alloc(0);
+let poolAt = 0;
+function randomFromPool(size: number): Buffer {
+  if (poolAt + size > pool.length) {
+    pool = randomBytes(4096);
+    poolAt = 0;
+  }
+  const bytes = pool.subarray(poolAt, poolAt + size);
+  poolAt += size;
+  return bytes;
+}
+
 /** Shard counts an id can spread evenly over: divisors of 64. */
 export const SHARD_COUNTS = [1, 2, 4, 8, 16, 32, 64] as const;
 
@@ -12,7 +25,7 @@ export const SHARD_COUNTS = [1, 2, 4, 8, 16, 32, 64] as const;
  * where its task is), by copying its first random character: 122 random bits remain.
  */
 export function newId(prefix: "tsk" | "lse" | "rev" | "req", options: { sameShardAs?: string } = {}): string {
-  const random = randomBytes(prefix === "req" ? 9 : 16).toString("base64url");
+  const random = randomFromPool(prefix === "req" ? 9 : 16).toString("base64url");
   const lead = options.sameShardAs?.charAt(options.sameShardAs.indexOf("_") + 1);
   return `${prefix}_${lead ? lead + random.slice(1) : random}`;
 }

@@ -103,7 +103,8 @@ export class DueSweeper {
         failures += 1;
         if (failures === 1 || failures % 50 === 0)
           this.deps.logger.warn("due sweep failed; retrying", { error: (error as Error).message, failures });
-        pause = Math.min(5000, idleMs * 2 ** Math.min(failures, 6));
+        // Back off while Redis is away, but not so far that a recovery waits long for the first pass.
+        pause = Math.min(1000, idleMs * 2 ** Math.min(failures, 4));
       }
       if (pause > 0 && this.#running)
         await new Promise<void>((resolve) => {

@@ -280,7 +280,8 @@ export class AuditLog {
 
   private logApplied(write: AtomicWrite, result: AtomicResult): void {
     const logs = pendingLogs.get(write);
-    if (!logs || !result.ok) return;
+    // Nothing to build when nobody reads audit lines (log.level above info).
+    if (!logs || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
     logs.forEach((body, i) => {
       const streamId = result.eventIds[i];
       const id = streamId ? publicEventId(streamId, write.shard.index) : undefined;

@@ -3,7 +3,7 @@ import type { Broker } from "../broker.ts";
 import { ForbiddenError, RateLimitedError, UnauthenticatedError } from "../errors.ts";
 import { digestOf, IdentityRejectedError, looksLikeJwt } from "../identity/agent-verifier.ts";
 import type { AgentPrincipal, OperatorPrincipal, Principal } from "../identity/principal.ts";
-import { FailedAuthLimit } from "./failed-auth.ts";
+import { type Caller, callerOf, FailedAuthLimit } from "./failed-auth.ts";
 import { SlidingWindowLimiter } from "./rate-limiter.ts";
 
 type Kind = Principal["kind"];
@@ -41,10 +41,18 @@ export class Authenticator {
   async require<K extends Kind>(req: Request, ...kinds: K[]): Promise<PrincipalOf<K>> {
     let pending = this.#cache.get(req);
     if (!pending) {
-      pending = this.authenticate(req);
+      pending = this.authenticate(callerOf(req));
       this.#cache.set(req, pending);
     }
-    const principal = await pending;
+    return this.ofKind(await pending, kinds);
+  }
+
+  /** The same for a request served outside Express (the hot routes). */
+  async requireCaller<K extends Kind>(caller: Caller, ...kinds: K[]): Promise<PrincipalOf<K>> {
+    return this.ofKind(await this.authenticate(caller), kinds);
+  }
+
+  private ofKind<K extends Kind>(principal: Principal, kinds: K[]): PrincipalOf<K> {
     if (!(kinds as Kind[]).includes(principal.kind)) {
       throw new ForbiddenError(`this route is for ${kinds.join(" or ")} principals, not ${principal.kind}s`);
     }
@@ -64,19 +72,18 @@ export class Authenticator {
    * exactly as a bearer token is — failed-auth limit, audit and per-agent rate limit included.
    */
   async agentAssertion(req: Request, assertion: string): Promise<AgentPrincipal> {
-    const principal = await this.verify(req, assertion, { agentsOnly: true });
+    const principal = await this.verify(callerOf(req), assertion, { agentsOnly: true });
     return principal as AgentPrincipal;
   }
 
-  private async authenticate(req: Request): Promise<Principal> {
-    const header = req.get("authorization") ?? "";
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  private async authenticate(caller: Caller): Promise<Principal> {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(caller.authorization ?? "");
     if (!match?.[1]) throw new UnauthenticatedError("missing bearer token");
-    return this.verify(req, match[1]);
+    return this.verify(caller, match[1]);
   }
 
   private async verify(
-    req: Request,
+    caller: Caller,
     token: string,
     options: { agentsOnly?: boolean } = {},
   ): Promise<Principal> {
@@ -88,7 +95,7 @@ export class Authenticator {
       // The address's standing decides only what a failure costs (audited, or only counted),
       // never whether a credential that matches gets in: a success never reads it.
       if (error instanceof IdentityRejectedError)
-        return this.#failures.reject(req, await this.#failures.standing(req), error);
+        return this.#failures.reject(caller, await this.#failures.standing(caller), error);
       throw error;
     }
     if (principal.kind === "agent") {

@@ -1,3 +1,4 @@
+import type { ServerResponse } from "node:http";
 import type { ErrorRequestHandler, RequestHandler, Response } from "express";
 import type { Logger } from "winston";
 import { InvalidRequestError, JitkeyError, NotFoundError, UnavailableError } from "../errors.ts";
@@ -47,15 +48,49 @@ function transportError(error: unknown): InvalidRequestError | undefined {
   );
 }
 
-/** Writes `{"error": {"code", "message", ...details, requestId}}` with the headers its code needs. */
-export function sendError(res: Response, error: JitkeyError): void {
-  const requestId = res.locals.requestId as string | undefined;
+/**
+ * Writes `{"error": {"code", "message", ...details, requestId}}` with the headers its code
+ * needs, on any node response — Express's, or a hot route's.
+ */
+export function writeError(res: ServerResponse, error: JitkeyError, requestId: string | undefined): void {
   const retryAfter = error.details?.retryAfterSeconds;
-  if (typeof retryAfter === "number") res.set("Retry-After", String(retryAfter));
-  if (error.status === 401) res.set("WWW-Authenticate", 'Bearer realm="jitkey"');
-  res
-    .status(error.status)
-    .json({ error: { code: error.code, message: error.message, ...error.details, requestId } });
+  if (typeof retryAfter === "number") res.setHeader("Retry-After", String(retryAfter));
+  if (error.status === 401) res.setHeader("WWW-Authenticate", 'Bearer realm="jitkey"');
+  writeJson(res, error.status, {
+    error: { code: error.code, message: error.message, ...error.details, requestId },
+  });
+}
+
+/** A JSON answer on a plain node response, as Express's `res.json` writes it. */
+export function writeJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader("Content-Type", "application/json; charset=utf-8");
+  res.setHeader("Content-Length", Buffer.byteLength(text));
+  res.end(text);
+}
+
+/** {@link writeError} for Express handlers. */
+export function sendError(res: Response, error: JitkeyError): void {
+  writeError(res, error, res.locals.requestId as string | undefined);
+}
+
+/**
+ * What a thrown error means to the client: a known error, a transport error from the body
+ * parsers, `unavailable` while Redis is unreachable — or `undefined` for a bug (a 500).
+ */
+export function clientError(
+  error: unknown,
+  health: RedisHealth | undefined,
+  log: (message: string) => void,
+): JitkeyError | undefined {
+  const known = error instanceof JitkeyError ? error : transportError(error);
+  if (known) return known;
+  if (isRedisConnectionError(error) || (health && !health.up)) {
+    log("redis unreachable");
+    return new UnavailableError();
+  }
+  return undefined;
 }
 
 /**
@@ -71,16 +106,14 @@ export function errorMiddleware(logger: Logger, health?: RedisHealth): ErrorRequ
       logger.warn("late error after the answer was sent", { requestId, path: req.path, error });
       return;
     }
-    let known: JitkeyError | undefined = error instanceof JitkeyError ? error : transportError(error);
-    if (!known && (isRedisConnectionError(error) || (health && !health.up))) {
-      logger.warn("redis unreachable", { requestId, method: req.method, path: req.path, error });
-      known = new UnavailableError();
-    }
+    const known = clientError(error, health, (message) =>
+      logger.warn(message, { requestId, method: req.method, path: req.path, error }),
+    );
     if (known) {
       sendError(res, known);
       return;
     }
     logger.error("unhandled error", { requestId, method: req.method, path: req.path, error });
-    res.status(500).json({ error: { code: "internal", message: "internal error", requestId } });
+    writeJson(res, 500, { error: { code: "internal", message: "internal error", requestId } });
   };
 }

@@ -17,15 +17,26 @@ export function capped(value: string, max = FIELD_CAP): string {
   return value.length > max ? `${value.slice(0, max)}…` : value;
 }
 
-/** The client's address as Express sees it (after `trustProxy`), bounded. */
-export function clientAddress(req: Request): string {
-  return capped(req.ip ?? req.socket.remoteAddress ?? "unknown", 64);
+/** What authentication needs to know of a request, whichever server code received it. */
+export interface Caller {
+  /** The `Authorization` header. */
+  readonly authorization: string | undefined;
+  /** The client's address (after `trustProxy`), bounded. */
+  readonly address: string;
+  /** The route's template, e.g. `POST /v1/tasks/:id/leases`: never the raw URL a client chose. */
+  route(): string;
 }
 
-/** `POST /v1/tasks/:id/leases`: the route's template, never the raw URL a client chose. */
-export function routeTemplate(req: Request): string {
-  const path = `${req.baseUrl}${(req.route as { path?: string } | undefined)?.path ?? ""}`;
-  return capped(`${req.method} ${path.length > 1 ? path.replace(/\/$/, "") : path}`, 100);
+/** A caller as Express sees the request. */
+export function callerOf(req: Request): Caller {
+  return {
+    authorization: req.get("authorization"),
+    address: capped(req.ip ?? req.socket.remoteAddress ?? "unknown", 64),
+    route: () => {
+      const path = `${req.baseUrl}${(req.route as { path?: string } | undefined)?.path ?? ""}`;
+      return capped(`${req.method} ${path.length > 1 ? path.replace(/\/$/, "") : path}`, 100);
+    },
+  };
 }
 
 /**
@@ -50,48 +61,48 @@ export class FailedAuthLimit {
   ) {}
 
   /** Where the request's address stands, before this request's failure is counted. */
-  standing(req: Request): Promise<LimitState> {
-    return this.deps.limiter.peek(this.bucket(req), this.deps.perMinute);
+  standing(caller: Caller): Promise<LimitState> {
+    return this.deps.limiter.peek(this.bucket(caller), this.deps.perMinute);
   }
 
   /**
    * Handles a credential that did not verify, given the address's standing.
    * Always throws: `rate_limited` past the limit, else `rejection` itself.
    */
-  async reject(req: Request, standing: LimitState, rejection: IdentityRejectedError): Promise<never> {
+  async reject(caller: Caller, standing: LimitState, rejection: IdentityRejectedError): Promise<never> {
     const { metrics, audit, limiter, perMinute } = this.deps;
     metrics.identityRejected.inc();
     if (standing.reached) {
       metrics.denials.inc({ decision: "identity", code: "rate_limited" });
-      await this.summarise(req);
+      await this.summarise(caller);
       throw new RateLimitedError(standing.retryAfterSeconds);
     }
-    const after = await limiter.hit(this.bucket(req), perMinute);
+    const after = await limiter.hit(this.bucket(caller), perMinute);
     await audit.record({
       type: "identity_rejected",
-      actor: `ip:${clientAddress(req)}`,
+      actor: `ip:${caller.address}`,
       decision: "deny",
       reason: capped(rejection.reason),
       ...(rejection.issuer ? { issuer: capped(rejection.issuer, 64) } : {}),
       ...(rejection.issuerDigest ? { issuerDigest: rejection.issuerDigest } : {}),
-      route: routeTemplate(req),
+      route: caller.route(),
     });
     if (after.exceeded) throw new RateLimitedError(after.retryAfterSeconds);
     throw rejection;
   }
 
-  private bucket(req: Request): string {
-    return `auth-fail:${digestOf(clientAddress(req))}`;
+  private bucket(caller: Caller): string {
+    return `auth-fail:${digestOf(caller.address)}`;
   }
 
   /**
    * The first rejection past the limit in each minute writes one event for the address, with
    * how many were left unrecorded in the minute before; the rest only add to a counter.
    */
-  private async summarise(req: Request): Promise<void> {
+  private async summarise(caller: Caller): Promise<void> {
     const { redis, keys, clock, audit } = this.deps;
     const window = Math.floor(clock.now() / SUMMARY_WINDOW_MS);
-    const bucket = `{auth-summary:${digestOf(clientAddress(req))}}`;
+    const bucket = `{auth-summary:${digestOf(caller.address)}}`;
     const current = keys.rateLimit(bucket, window);
     const replies = await redis
       .multi()
@@ -103,13 +114,13 @@ export class FailedAuthLimit {
     if (count !== 1) return;
     await audit.record({
       type: "identity_rejected_summary",
-      actor: `ip:${clientAddress(req)}`,
+      actor: `ip:${caller.address}`,
       decision: "deny",
       reason:
         "failed-auth limit reached: further rejections from this address this minute are counted, not recorded",
       windowStart: new Date(window * SUMMARY_WINDOW_MS).toISOString(),
       unrecordedLastMinute: Number(previous ?? 0),
-      route: routeTemplate(req),
+      route: caller.route(),
     });
   }
 }

@@ -2,26 +2,16 @@ import { Router } from "express";
 import { exportAudit } from "../audit/audit-export.ts";
 import type { Broker } from "../broker.ts";
 import type { NotificationEvent } from "../config.ts";
-import { ForbiddenError, UnauthenticatedError } from "../errors.ts";
 import { type LiveEvent, notificationName } from "../events/live-events.ts";
 import type { Authenticator } from "./auth.ts";
-import { AuditListQuery, DevAgentTokenBody, EventsQuery, IntrospectBody } from "./schemas.ts";
+import { AuditListQuery, DevAgentTokenBody, EventsQuery } from "./schemas.ts";
 import { validate } from "./validate.ts";
 
 /** `/v1/introspect` (RFC 7662), `/v1/events` (Server-Sent Events) and `/v1/audit`. */
 export function oversightRouter(broker: Broker, auth: Authenticator): Router {
   const router = Router();
 
-  router.post("/introspect", async (req, res) => {
-    // RFC 7662 §2.1: a caller that is not a registered introspector or operator is unauthenticated here.
-    const caller = await auth.require(req, "introspector", "operator").catch((error: unknown) => {
-      throw error instanceof ForbiddenError
-        ? new UnauthenticatedError("introspection needs an introspector or operator token")
-        : error;
-    });
-    const { token } = validate(IntrospectBody, req.body);
-    res.json(await broker.introspection.introspect(token, caller));
-  });
+  // POST /introspect is a hot route: served by http/hot-routes.ts, ahead of Express.
 
   router.get("/events", async (req, res) => {
     await auth.operator(req);

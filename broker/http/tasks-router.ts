@@ -1,12 +1,10 @@
 import { Router } from "express";
 import type { Broker } from "../broker.ts";
-import { mintBinding } from "../oauth/mint-binding.ts";
 import type { Authenticator } from "./auth.ts";
 import {
   ApproveBody,
   CreateTaskBody,
   DecisionBody,
-  MintLeaseBody,
   TaskEventBody,
   TaskId,
   TaskListQuery,
@@ -14,7 +12,7 @@ import {
   TimelineQuery,
 } from "./schemas.ts";
 import { idParam, validate } from "./validate.ts";
-import { leaseView, taskView } from "./views.ts";
+import { taskView } from "./views.ts";
 
 /** `/v1/tasks`: create, read, list, approve/deny, complete, mint leases, record tool calls, the timeline. */
 export function tasksRouter(broker: Broker, auth: Authenticator): Router {
@@ -82,27 +80,7 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
     res.json({ task: taskView(task), revoking });
   });
 
-  router.post("/:id/leases", async (req, res) => {
-    const agent = await auth.agent(req);
-    const body = validate(MintLeaseBody, req.body);
-    // RFC 9449: a DPoP proof binds the credential to the proof's key.
-    const binding = await mintBinding(broker, agent, {
-      taskId: req.params.id,
-      resource: body.resource,
-      proof: req.get("dpop"),
-    });
-    const { lease, credential } = await broker.leases.mint(agent, req.params.id, {
-      ...body,
-      binding,
-      sourceAddress: req.ip,
-    });
-    // The secret travels in this one response; nothing may cache it (every /v1 answer says no-store).
-    res.set("Pragma", "no-cache");
-    res
-      .status(201)
-      .location(`/v1/leases/${lease.id}`)
-      .json({ lease: leaseView(lease), credential });
-  });
+  // POST /:id/leases (mint) is a hot route: served by http/hot-routes.ts, ahead of Express.
 
   return router;
 }

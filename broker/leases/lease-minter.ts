@@ -69,6 +69,14 @@ interface MintPlan {
  * revocation path can find and remove it.
  */
 export class LeaseMinter {
+  /**
+   * Approved tasks as last read. What policy checks of a task (its resources, scopes,
+   * classification, end, claims) no longer changes once it is approved; its status still
+   * does, and the issuing write checks that atomically — so a stale entry can only make a
+   * mint read the task again, never let one through.
+   */
+  readonly #approved = new Map<string, Task>();
+
   constructor(private readonly deps: LeaseMinterDeps) {}
 
   /** Mints a credential for an approved task. The secret is returned here and nowhere else. */
@@ -95,7 +103,7 @@ export class LeaseMinter {
     taskId: string,
     denied: (error: JitkeyError) => Promise<never>,
   ): Promise<Task> {
-    const task = await this.deps.tasks.get(taskId);
+    const task = this.#approved.get(taskId) ?? (await this.deps.tasks.get(taskId));
     if (!task) return denied(new NotFoundError("task"));
     // Minting on someone else's task is credential reuse across tasks: refused, and on record.
     if (task.agentId !== agent.id)
@@ -104,11 +112,23 @@ export class LeaseMinter {
   }
 
   private checkLive(task: Task, denied: (error: JitkeyError) => Promise<never>): Promise<Task> | Task {
+    if (task.status === "approved" && Date.parse(task.expiresAt) > this.deps.clock.now()) {
+      this.remember(task);
+      return task;
+    }
+    this.#approved.delete(task.id);
     if (task.status === "pending") return denied(new TaskNotApprovedError(task.id));
     if (task.status !== "approved") return denied(new TaskClosedError(task.id, task.status));
-    if (Date.parse(task.expiresAt) <= this.deps.clock.now())
-      return denied(new TaskClosedError(task.id, "expired"));
-    return task;
+    return denied(new TaskClosedError(task.id, "expired"));
+  }
+
+  private remember(task: Task): void {
+    if (this.#approved.has(task.id)) return;
+    if (this.#approved.size >= 10_000) {
+      const oldest = this.#approved.keys().next().value;
+      if (oldest !== undefined) this.#approved.delete(oldest);
+    }
+    this.#approved.set(task.id, task);
   }
 
   /** Policy as it is now, the adapter's limits, and the lease they allow. */
@@ -189,6 +209,7 @@ export class LeaseMinter {
     const written = await this.deps.audit.apply(this.deps.states.issue(plan.lease, nowIso));
     if (written.ok) return;
     // The task changed since it was read (completed, revoked, expired) or vanished.
+    this.#approved.delete(plan.task.id);
     const task = written.record ? (JSON.parse(written.record) as Task) : undefined;
     if (!task) await denied(new NotFoundError("task"));
     else await this.checkLive(task, denied);

@@ -75,7 +75,12 @@ export interface PolicySource {
  * validated together against the schema and preparsed once in cedar-wasm (a slice per
  * resource, see #preparseSlices). Immutable; a reload builds a new one and swaps it in whole.
  */
+/** Decisions one generation remembers (a few MB at most). */
+const DECISIONS_KEPT = 10_000;
+
 export class CompiledPolicy {
+  /** Cedar's answers, by the exact request asked (see {@link CompiledPolicy.authorize}). */
+  readonly #decisions = new Map<string, CedarDecision>();
   /** `jitkey-<sha256 of schema and policy set>`: equal fingerprints decide alike. */
   readonly fingerprint: string;
   readonly schema: string;
@@ -185,12 +190,33 @@ export class CompiledPolicy {
   authorize(action: PolicyAction, agent: AgentView, resource: string, facts: RequestFacts): CedarDecision {
     if (!this.#resourceEntities.has(resource))
       throw new Error(`resource ${resource} is not in this policy's catalog`);
+    const context = requestContext(facts, this.attributeUse);
+    // A request carries only what some policy reads (the time, say, only if a policy reads it),
+    // so equal requests get equal answers from this immutable generation: ask Cedar once.
+    const key = JSON.stringify([action, resource, agent.entity, context]);
+    const remembered = this.#decisions.get(key);
+    if (remembered) return remembered;
+    const decision = this.#ask(action, agent, resource, context);
+    if (this.#decisions.size >= DECISIONS_KEPT) {
+      const oldest = this.#decisions.keys().next().value;
+      if (oldest !== undefined) this.#decisions.delete(oldest);
+    }
+    this.#decisions.set(key, decision);
+    return decision;
+  }
+
+  #ask(
+    action: PolicyAction,
+    agent: AgentView,
+    resource: string,
+    context: ReturnType<typeof requestContext>,
+  ): CedarDecision {
     const resourceJson = this.#resourceEntities.get(resource);
     const answer = statefulIsAuthorized({
       principal: { type: AGENT_TYPE, id: agent.agent.id },
       action: { type: ACTION_TYPE, id: action },
       resource: { type: RESOURCE_TYPE, id: resource },
-      context: requestContext(facts, this.attributeUse),
+      context,
       preparsedPolicySetId: this.#slices.get(resource) as string,
       entities: resourceJson ? [agent.entity, resourceJson] : [agent.entity],
     });

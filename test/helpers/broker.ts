@@ -3,12 +3,11 @@ import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Worker } from "bullmq";
-import type { Express } from "express";
 import type { Redis } from "ioredis";
 import supertest from "supertest";
 import Transport from "winston-transport";
 import type { CredentialAdapter } from "../../adapters/types.ts";
-import { createApp } from "../../broker/app.ts";
+import { type BrokerHttp, createApp } from "../../broker/app.ts";
 import { type Broker, createBroker } from "../../broker/broker.ts";
 import type { Clock } from "../../broker/clock.ts";
 import { type Config, parseConfig } from "../../broker/config.ts";
@@ -62,7 +61,8 @@ export interface TestBrokerOptions {
 /** A broker over real Redis with a unique prefix, a test issuer, operators and adapters. */
 export interface TestBroker {
   broker: Broker;
-  app: Express;
+  /** The broker's request listener, as `jitkey serve` runs it: `createServer(t.app)` to listen. */
+  app: BrokerHttp;
   http: ReturnType<typeof supertest>;
   prefix: string;
   issuer: TestIssuer;

@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect } from "chai";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -70,7 +70,7 @@ describe("GET /v1/events: operators hear what happens, as it happens", function 
   };
   before(async () => {
     t = await startTestBroker({ name: "events" });
-    server = t.app.listen(0, "127.0.0.1");
+    server = createServer(t.app).listen(0, "127.0.0.1");
     await new Promise((resolve) => server.once("listening", resolve));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });

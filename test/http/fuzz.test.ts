@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { brotliCompressSync, gzipSync } from "node:zlib";
 import { expect } from "chai";
@@ -31,7 +31,7 @@ describe("fuzz: random requests to every route never get a 5xx", () => {
 
   before(async () => {
     t = await startTestBroker({ name: "fuzz" });
-    server = t.app.listen(0, "127.0.0.1");
+    server = createServer(t.app).listen(0, "127.0.0.1");
     await new Promise((resolve) => server.once("listening", resolve));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     agentToken = await t.agentToken("agent-fuzz");

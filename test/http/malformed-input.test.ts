@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { brotliCompressSync, gzipSync } from "node:zlib";
 import { expect } from "chai";
@@ -25,7 +25,7 @@ describe("malformed requests get a 4xx with a contract code, never a 500", () =>
     t = await startTestBroker({ name: "malformed", workers: false });
     agent = { Authorization: `Bearer ${await t.agentToken("repo:acme/app:ref:refs/heads/main")}` };
     op = { Authorization: `Bearer ${t.operatorToken}` };
-    server = t.app.listen(0, "127.0.0.1");
+    server = createServer(t.app).listen(0, "127.0.0.1");
     await new Promise((resolve) => server.once("listening", resolve));
   });
   after(async () => {

@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect } from "chai";
 import * as oauth from "oauth4webapi";
@@ -25,7 +25,7 @@ describe("standards client: oauth4webapi against the broker", () => {
 
   before(async () => {
     t = await startTestBroker({ name: "standards-client" });
-    server = t.app.listen(0, "127.0.0.1");
+    server = createServer(t.app).listen(0, "127.0.0.1");
     await new Promise((resolve) => server.once("listening", resolve));
     const local = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const routed: typeof fetch = async (input, init) => {

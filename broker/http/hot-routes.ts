@@ -1,0 +1,203 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import proxyaddr from "proxy-addr";
+import typeis from "type-is";
+import type { Broker } from "../broker.ts";
+import {
+  ForbiddenError,
+  InvalidRequestError,
+  type JitkeyError,
+  NotFoundError,
+  UnauthenticatedError,
+  UnavailableError,
+} from "../errors.ts";
+import { newId } from "../ids.ts";
+import { mintBinding } from "../oauth/mint-binding.ts";
+import type { Authenticator } from "./auth.ts";
+import { clientError, writeError, writeJson } from "./error-middleware.ts";
+import { type Caller, capped } from "./failed-auth.ts";
+import type { RedisHealth } from "./redis-health.ts";
+import { IntrospectBody, MintLeaseBody, TaskId } from "./schemas.ts";
+import { validate } from "./validate.ts";
+import { leaseView } from "./views.ts";
+
+/** A connect-style middleware, as helmet, cors and the body parsers are. */
+type Middleware = (req: IncomingMessage, res: ServerResponse, next: (error?: unknown) => void) => void;
+
+/** What the hot routes share with the Express app: the same instances, the same behaviour. */
+export interface HotRouteParts {
+  auth: Authenticator;
+  health: RedisHealth;
+  /** helmet, cors (when configured): the headers every answer gets. */
+  headers: readonly Middleware[];
+  /** The body parsers, in order (JSON, then form). */
+  bodyParsers: readonly Middleware[];
+  /** Media types a body may have; anything else is 415 before it is read. */
+  bodyTypes: readonly string[];
+  /** The compiled `trust proxy` setting, for the client's address. */
+  trustProxy: (address: string, hop: number) => boolean;
+  /** Writes the request's log line when it finishes, or nothing when requests are not logged. */
+  logRequest: (req: IncomingMessage, res: ServerResponse, requestId: string) => void;
+}
+
+interface HotRoute {
+  template: string;
+  handle(call: HotCall): Promise<void>;
+}
+
+interface HotCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  caller: Caller;
+  body: unknown;
+  /** The `:id` of the path, decoded. */
+  id?: string;
+}
+
+const MINT_PATH = /^\/v1\/tasks\/([^/]+)\/leases\/?$/;
+
+/**
+ * The two routes on every agent's and resource server's critical path — minting a credential
+ * and introspecting one — served without Express's per-request machinery (routing, request and
+ * response decoration), by the very parts the Express app is built from: the same security
+ * headers, CORS, body parsers and limits, fail-fast while Redis is down, authentication,
+ * validation, services, views and error answers. Every other route, and every other method on
+ * these paths, goes to Express. Returns a function that serves a request if it is one of them.
+ */
+export function hotRoutes(broker: Broker, parts: HotRouteParts) {
+  const { auth } = parts;
+  const introspect: HotRoute = {
+    template: "POST /v1/introspect",
+    async handle({ res, caller, body }) {
+      // RFC 7662 §2.1: a caller that is not a registered introspector or operator is unauthenticated here.
+      const principal = await auth
+        .requireCaller(caller, "introspector", "operator")
+        .catch((error: unknown) => {
+          throw error instanceof ForbiddenError
+            ? new UnauthenticatedError("introspection needs an introspector or operator token")
+            : error;
+        });
+      const { token } = validate(IntrospectBody, body);
+      writeJson(res, 200, await broker.introspection.introspect(token, principal));
+    },
+  };
+  const mint: HotRoute = {
+    template: "POST /v1/tasks/:id/leases",
+    async handle({ req, res, caller, body, id }) {
+      if (!TaskId.safeParse(id).success) throw new NotFoundError("task");
+      const taskId = id as string;
+      const agent = await auth.requireCaller(caller, "agent");
+      const request = validate(MintLeaseBody, body);
+      // RFC 9449: a DPoP proof binds the credential to the proof's key.
+      const binding = await mintBinding(broker, agent, {
+        taskId,
+        resource: request.resource,
+        proof: header(req, "dpop"),
+      });
+      const { lease, credential } = await broker.leases.mint(agent, taskId, {
+        ...request,
+        binding,
+        sourceAddress: caller.address,
+      });
+      // The secret travels in this one response; nothing may cache it.
+      res.setHeader("Pragma", "no-cache");
+      res.setHeader("Location", `/v1/leases/${lease.id}`);
+      writeJson(res, 201, { lease: leaseView(lease), credential });
+    },
+  };
+
+  return (req: IncomingMessage, res: ServerResponse): boolean => {
+    if (req.method !== "POST") return false;
+    const path = (req.url ?? "").split("?", 1)[0] ?? "";
+    if (path === "/v1/introspect") {
+      void serve(req, res, introspect, undefined);
+      return true;
+    }
+    const match = MINT_PATH.exec(path);
+    if (!match) return false;
+    void serve(req, res, mint, match[1]);
+    return true;
+  };
+
+  async function serve(
+    req: IncomingMessage,
+    res: ServerResponse,
+    route: HotRoute,
+    rawId: string | undefined,
+  ) {
+    const requestId = newId("req");
+    res.setHeader("X-Request-Id", requestId);
+    parts.logRequest(req, res, requestId);
+    try {
+      for (const middleware of parts.headers) await run(middleware, req, res);
+      // Answers carry credentials and live state: no cache may keep one, errors included.
+      res.setHeader("Cache-Control", "no-store");
+      if (!parts.health.up) throw new UnavailableError();
+      answerWhenRedisIsLost(res, requestId);
+      if (typeis.hasBody(req) && !typeis(req, [...parts.bodyTypes]))
+        throw new InvalidRequestError(
+          `Content-Type must be one of ${parts.bodyTypes.join(", ")}`,
+          undefined,
+          415,
+        );
+      for (const parser of parts.bodyParsers) await run(parser, req, res);
+      const address = capped(proxyaddr(req, parts.trustProxy), 64);
+      const caller: Caller = {
+        authorization: header(req, "authorization"),
+        address,
+        route: () => route.template,
+      };
+      await route.handle({
+        req,
+        res,
+        caller,
+        body: (req as { body?: unknown }).body,
+        ...(rawId !== undefined ? { id: decodePathPart(rawId) } : {}),
+      });
+    } catch (error) {
+      if (res.headersSent) return;
+      const known = clientError(error, parts.health, (message) =>
+        broker.logger.warn(message, { requestId, method: req.method, route: route.template, error }),
+      );
+      if (known) writeError(res, known as JitkeyError, requestId);
+      else {
+        broker.logger.error("unhandled error", {
+          requestId,
+          method: req.method,
+          route: route.template,
+          error,
+        });
+        writeJson(res, 500, { error: { code: "internal", message: "internal error", requestId } });
+      }
+    }
+  }
+
+  /** As the Express app does: a request still waiting on Redis when it goes away answers 503 soon. */
+  function answerWhenRedisIsLost(res: ServerResponse, requestId: string): void {
+    const unsubscribe = parts.health.onLost(() => {
+      setTimeout(() => {
+        if (!res.headersSent && !parts.health.up) writeError(res, new UnavailableError(), requestId);
+      }, 500).unref();
+    });
+    res.once("close", unsubscribe);
+  }
+}
+
+function run(middleware: Middleware, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  return new Promise((resolve, reject) => {
+    middleware(req, res, (error) => (error ? reject(error) : resolve()));
+  });
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** A path segment as Express decodes it: an undecodable `%` escape is the client's error. */
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new InvalidRequestError("the path holds an invalid % escape");
+  }
+}
