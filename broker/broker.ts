@@ -16,6 +16,7 @@ import { AuditSealer } from "./audit/audit-seal.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { type Config, ConfigError, publicUrl, type ResourceConfig } from "./config.ts";
 import { LiveEvents } from "./events/live-events.ts";
+import { RecordChanges } from "./events/record-changes.ts";
 import { SlidingWindowLimiter } from "./http/rate-limiter.ts";
 import { AgentVerifier } from "./identity/agent-verifier.ts";
 import { type IdentityVerifier, VerifiedIdentities } from "./identity/verified-identities.ts";
@@ -174,6 +175,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   const writer = new AtomicWriter(redis, {
     retentionMs: config.retention.auditDays * 86_400_000,
     channel: keys.eventsChannel,
+    changes: keys.changesChannel,
   });
   const audit = new AuditLog({
     redis,
@@ -268,6 +270,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   });
   await publishedKeys.start();
   const events = new LiveEvents({ redis, channel: keys.eventsChannel, logger });
+  const changes = new RecordChanges({ redis, channel: keys.changesChannel, logger });
   const tasks = new TaskService({
     redis,
     events,
@@ -346,6 +349,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     verifyKey: publishedKeys.verifyKey,
     states,
     policy,
+    changes,
     audit,
     metrics,
     clock,
@@ -433,7 +437,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     async close() {
       publishedKeys.stop();
       policyStore.close();
-      await Promise.allSettled([sweeper.stop(), notifications.stop(), events.close()]);
+      await Promise.allSettled([sweeper.stop(), notifications.stop(), events.close(), changes.close()]);
       await Promise.allSettled(workers.map((worker) => worker.close()));
       await Promise.allSettled([queue.close(), deliveries.close()]);
       await Promise.allSettled([...adapters.values()].map((adapter) => adapter.close?.()));

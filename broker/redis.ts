@@ -84,6 +84,10 @@ export class RedisKeys {
   dpopProof(digest: string): string {
     return `${this.base}:dpop:${digest}`;
   }
+  /** Pub/sub channel of changed record keys, for caches of record state. */
+  get changesChannel(): string {
+    return `${this.base}:changes`;
+  }
   /** Pub/sub channel of live events (task decisions, revocations) for waiting clients. */
   get eventsChannel(): string {
     return `${this.base}:events`;

@@ -3,6 +3,7 @@ import type { Cluster, Redis } from "ioredis";
 import { type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
+import type { RecordChanges } from "../events/record-changes.ts";
 import { actorOf, type IntrospectorPrincipal, type OperatorPrincipal } from "../identity/principal.ts";
 import type { Metrics } from "../metrics.ts";
 import { type ActClaim, actClaim, type PurposeClaim, purposeOf } from "../oauth/credential-claims.ts";
@@ -74,6 +75,13 @@ const VERIFIED_CACHE_SIZE = 10_000;
 const POLICY_DECISION_MS = 1000;
 
 /**
+ * How long a live lease and its task, as read from Redis, answer introspection from memory.
+ * Any change to either (from any process) drops them at once (`RecordChanges`); this bounds
+ * what a change lost in transit could hide, and an interrupted subscription drops everything.
+ */
+const VIEW_MS = 1000;
+
+/**
  * Answers "is this credential still authorised now?" for broker-signed tokens: active only
  * while the signature verifies, the lease is `active` and unexpired, and its task is approved
  * and unexpired — so completion or a force revoke switches it off at once. One Redis read
@@ -84,6 +92,9 @@ const POLICY_DECISION_MS = 1000;
 export class Introspection {
   readonly #verified = new Map<string, JWTPayload>();
   readonly #decisions = new Map<string, { generation: number; until: number; check: PolicyCheck }>();
+  /** Live leases with their tasks, by lease id, as last read; and lease ids by task id. */
+  readonly #views = new Map<string, { lease: Lease; task: Task; at: number }>();
+  readonly #viewsByTask = new Map<string, Set<string>>();
 
   constructor(
     private readonly deps: {
@@ -95,11 +106,15 @@ export class Introspection {
       states: LeaseStates;
       /** Policy as it is now: a live lease the policy no longer permits is inactive. */
       policy: Pick<PolicyEngine, "stillPermitted" | "generation">;
+      /** Which records other processes change, so what is held in memory is dropped at once. */
+      changes: Pick<RecordChanges, "subscribe" | "connected">;
       audit: AuditLog;
       metrics: Metrics;
       clock: Clock;
     },
-  ) {}
+  ) {
+    deps.changes.subscribe((key) => this.forget(key));
+  }
 
   async introspect(
     token: string,
@@ -153,13 +168,17 @@ export class Introspection {
     const payload = await this.verify(token, now);
     if (!payload?.jti) return { verdict: "invalid_token" };
     const shard = this.deps.keys.forId(payload.jti);
-    const [leaseRaw, taskRaw] = await this.deps.redis.mget(
-      shard.lease(payload.jti),
-      typeof payload.task_id === "string" ? shard.task(payload.task_id) : shard.task("-"),
-    );
-    const lease = parse<Lease>(leaseRaw);
+    let { lease, task } = this.view(payload.jti) ?? {};
+    if (!lease) {
+      const [leaseRaw, taskRaw] = await this.deps.redis.mget(
+        shard.lease(payload.jti),
+        typeof payload.task_id === "string" ? shard.task(payload.task_id) : shard.task("-"),
+      );
+      lease = parse<Lease>(leaseRaw);
+      task = parse<Task>(taskRaw);
+      if (lease && task) this.remember(lease, task);
+    }
     if (!lease) return { verdict: "unknown_lease", payload };
-    const task = parse<Task>(taskRaw);
     let verdict: CredentialAssessment["verdict"] =
       lease.status !== "active"
         ? "lease_not_active"
@@ -181,6 +200,52 @@ export class Introspection {
       if (!allLive) verdict = "ancestor_not_active";
     }
     return { verdict, payload, lease, task };
+  }
+
+  /** A live lease and its task held in memory, while nothing says they changed. */
+  private view(leaseId: string): { lease: Lease; task: Task } | undefined {
+    const held = this.#views.get(leaseId);
+    if (!held) return undefined;
+    if (this.deps.changes.connected && performance.now() - held.at < VIEW_MS) return held;
+    this.forgetLease(leaseId);
+    return undefined;
+  }
+
+  /** Holds an active, undelegated lease and its approved task (what most introspections ask about). */
+  private remember(lease: Lease, task: Task): void {
+    if (lease.status !== "active" || task.status !== "approved" || (lease.ancestorLeaseIds?.length ?? 0) > 0)
+      return;
+    if (!this.deps.changes.connected) return;
+    if (this.#views.size >= VERIFIED_CACHE_SIZE) {
+      const oldest = this.#views.keys().next().value;
+      if (oldest !== undefined) this.forgetLease(oldest);
+    }
+    this.#views.set(lease.id, { lease, task, at: performance.now() });
+    const leases = this.#viewsByTask.get(task.id) ?? new Set<string>();
+    leases.add(lease.id);
+    this.#viewsByTask.set(task.id, leases);
+  }
+
+  /** A record changed somewhere (or changes may have been missed: `undefined`). */
+  private forget(key: string | undefined): void {
+    if (key === undefined) {
+      this.#views.clear();
+      this.#viewsByTask.clear();
+      return;
+    }
+    const match = /:(lease|task):([^:]+)$/.exec(key);
+    if (match?.[1] === "lease") this.forgetLease(match[2] as string);
+    else if (match?.[1] === "task") {
+      for (const leaseId of this.#viewsByTask.get(match[2] as string) ?? []) this.#views.delete(leaseId);
+      this.#viewsByTask.delete(match[2] as string);
+    }
+  }
+
+  private forgetLease(leaseId: string): void {
+    const held = this.#views.get(leaseId);
+    if (!held) return;
+    this.#views.delete(leaseId);
+    this.#viewsByTask.get(held.task.id)?.delete(leaseId);
   }
 
   /** The token's claims if it is a broker-signed token that verifies now. */

@@ -45,6 +45,8 @@ if spec.p then
   if spec.p.t and spec.p.t > 0 then redis.call('SET', key, raw, 'EX', spec.p.t)
   elseif spec.p.t == -1 then redis.call('SET', key, raw)
   else redis.call('SET', key, raw, 'KEEPTTL') end
+  -- Processes that cache record state drop this one.
+  if spec.ck then redis.call('PUBLISH', spec.ck, key) end
 end
 local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
 for _, op in ipairs(spec.o or {}) do
@@ -242,7 +244,7 @@ export class AtomicWrite {
   }
 
   /** The script's argument. */
-  spec(audit: { minId: string; indexTtlSeconds: number; channel: string }): string {
+  spec(audit: { minId: string; indexTtlSeconds: number; channel: string; changes?: string }): string {
     const stream = this.#events.length > 0 ? this.key(this.shard.audit) : 0;
     return JSON.stringify({
       g: this.#guards.length > 0 ? this.#guards : undefined,
@@ -255,6 +257,7 @@ export class AtomicWrite {
       mid: audit.minId,
       it: audit.indexTtlSeconds,
       ch: audit.channel,
+      ck: this.#patch ? audit.changes : undefined,
       sh: String(this.shard.index),
     });
   }
@@ -293,7 +296,13 @@ type Client = (Redis | Cluster) & {
 export class AtomicWriter {
   constructor(
     private readonly redis: Redis | Cluster,
-    private readonly audit: { retentionMs: number; channel: string },
+    private readonly audit: {
+      retentionMs: number;
+      /** Where events clients may wait for are published. */
+      channel: string;
+      /** Where the key of every patched record is published (see `events/record-changes.ts`). */
+      changes?: string;
+    },
   ) {
     // Registered once per client: ioredis then sends EVALSHA, and the body only on a miss.
     if (!("jitkeyAtomicWrite" in redis))
@@ -342,6 +351,7 @@ export class AtomicWriter {
       minId: String(Math.max(0, Date.now() - this.audit.retentionMs)),
       indexTtlSeconds: Math.ceil(this.audit.retentionMs / 1000),
       channel: this.audit.channel,
+      changes: this.audit.changes,
     });
     return [String(write.keys.length), ...write.keys, spec];
   }

@@ -1,0 +1,72 @@
+import type { Redis } from "ioredis";
+import type { Logger } from "winston";
+
+/** A listener for changed records: the key of each, or `undefined` when changes may have been missed. */
+export type ChangeListener = (key: string | undefined) => void;
+
+/**
+ * Tells this process which task and lease records other processes changed: every atomic write
+ * that patches a record publishes the record's key on one channel. Local caches of record
+ * state drop what changed, and drop everything (`undefined`) whenever the subscription was
+ * interrupted, since messages sent meanwhile are lost.
+ */
+export class RecordChanges {
+  readonly #listeners = new Set<ChangeListener>();
+  #subscriber: Redis | undefined;
+  #connected = false;
+
+  constructor(private readonly deps: { redis: Redis; channel: string; logger: Logger }) {}
+
+  /**
+   * Calls `listener` for every change from now on. Until the subscription is in place (and
+   * after any interruption) `connected` is false: a cache must not trust what it holds then.
+   */
+  subscribe(listener: ChangeListener): () => void {
+    this.#listeners.add(listener);
+    this.connect();
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
+  /** Whether every change since the last reset reached this process. */
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  async close(): Promise<void> {
+    const subscriber = this.#subscriber;
+    this.#subscriber = undefined;
+    this.#connected = false;
+    this.#listeners.clear();
+    if (subscriber) await subscriber.quit().catch(() => subscriber.disconnect());
+  }
+
+  private connect(): void {
+    if (this.#subscriber) return;
+    const subscriber = this.deps.redis.duplicate({
+      connectionName: "jitkey-changes",
+      enableOfflineQueue: true,
+    });
+    this.#subscriber = subscriber;
+    const reset = () => {
+      this.#connected = false;
+      for (const listener of this.#listeners) listener(undefined);
+    };
+    subscriber.on("error", (error: Error) =>
+      this.deps.logger.warn("record changes connection", { error: error.message }),
+    );
+    subscriber.on("close", reset);
+    subscriber.on("message", (_channel: string, key: string) => {
+      for (const listener of this.#listeners) listener(key);
+    });
+    // ioredis subscribes again after a reconnect: trust the stream again only from then on.
+    subscriber.on("subscribe", () => {
+      reset();
+      this.#connected = true;
+    });
+    subscriber.subscribe(this.deps.channel).catch((error: Error) => {
+      this.deps.logger.warn("record changes subscribe failed", { error: error.message });
+    });
+  }
+}

@@ -1,0 +1,67 @@
+import { expect } from "chai";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { agentSession, createTask, mintLease } from "../helpers/flows.ts";
+
+/** Introspection answers from memory, and forgets the moment another process changes the record. */
+describe("introspection held in memory, dropped on any change", () => {
+  let a: TestBroker;
+  let b: TestBroker;
+  before(async () => {
+    a = await startTestBroker({ name: "introspect-cache" });
+    b = await startTestBroker({
+      name: "introspect-cache",
+      prefix: a.prefix,
+      issuer: a.issuer,
+      workers: false,
+      config: (raw) => {
+        raw.operators = a.config.operators;
+        raw.introspectors = a.config.introspectors;
+      },
+    });
+  });
+  after(async () => {
+    await b.close({ keepKeys: true });
+    await a.close();
+  });
+
+  const introspect = (t: TestBroker, token: string) =>
+    t.http
+      .post("/v1/introspect")
+      .set({ Authorization: `Bearer ${a.introspectorToken}` })
+      .type("form")
+      .send({ token })
+      .expect(200)
+      .then((res) => res.body.active as boolean);
+
+  /** How long after `change` broker A first answers inactive (it held the credential as active). */
+  async function inactiveAfter(token: string, change: () => Promise<unknown>): Promise<number> {
+    expect(await introspect(a, token)).to.equal(true);
+    expect(await introspect(a, token)).to.equal(true);
+    await change();
+    const changed = performance.now();
+    while (performance.now() - changed < 2000) {
+      if (!(await introspect(a, token))) return performance.now() - changed;
+    }
+    throw new Error("still active 2 s after the change");
+  }
+
+  it("answers inactive as soon as another broker process releases the lease, well before its memory would lapse", async () => {
+    const agent = await agentSession(a, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(a, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    const { lease, credential } = await mintLease(a, agent, taskId, { resource: "demo-api" });
+    const ms = await inactiveAfter(credential.token as string, () =>
+      b.http.delete(`/v1/leases/${lease.id}`).set(agent.headers).expect(202),
+    );
+    expect(ms).to.be.lessThan(500);
+  });
+
+  it("answers inactive as soon as another broker process completes the task", async () => {
+    const agent = await agentSession(a, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(a, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    const { credential } = await mintLease(a, agent, taskId, { resource: "demo-api" });
+    const ms = await inactiveAfter(credential.token as string, () =>
+      b.http.post(`/v1/tasks/${taskId}/complete`).set(agent.headers).expect(200),
+    );
+    expect(ms).to.be.lessThan(500);
+  });
+});
