@@ -53,20 +53,25 @@ export class RecordChanges {
       this.#connected = false;
       for (const listener of this.#listeners) listener(undefined);
     };
+    // Subscribing (again, after any reconnect) and hearing it confirmed is what makes the stream
+    // of changes whole from then on.
+    const subscribe = () => {
+      subscriber.subscribe(this.deps.channel).then(
+        () => {
+          if (this.#subscriber !== subscriber) return;
+          reset();
+          this.#connected = true;
+        },
+        (error: Error) => this.deps.logger.warn("record changes subscribe failed", { error: error.message }),
+      );
+    };
     subscriber.on("error", (error: Error) =>
       this.deps.logger.warn("record changes connection", { error: error.message }),
     );
     subscriber.on("close", reset);
+    subscriber.on("ready", subscribe);
     subscriber.on("message", (_channel: string, key: string) => {
       for (const listener of this.#listeners) listener(key);
-    });
-    // ioredis subscribes again after a reconnect: trust the stream again only from then on.
-    subscriber.on("subscribe", () => {
-      reset();
-      this.#connected = true;
-    });
-    subscriber.subscribe(this.deps.channel).catch((error: Error) => {
-      this.deps.logger.warn("record changes subscribe failed", { error: error.message });
     });
   }
 }
