@@ -39,6 +39,15 @@ export interface AdapterCapabilities {
    * sender-constrained (DPoP) or delegated by token exchange.
    */
   readonly tokenClaims?: boolean;
+  /**
+   * `issue` creates nothing outside the broker: it computes a credential in-process (a token
+   * the broker signs) that is worth nothing without its lease record (introspection answers
+   * from it). A crash before the lease is written leaves nothing anyone holds or that needs
+   * revoking, so the broker writes such a lease once, after `issue`, already active — one
+   * Redis write per mint instead of two. Adapters that create anything in a backend leave it
+   * unset: their lease is written before they are asked.
+   */
+  readonly issuesLocally?: boolean;
 }
 
 /** Everything an adapter needs to mint one credential. No HTTP, task or policy objects. */

@@ -24,7 +24,7 @@ export const createJwtAdapter: AdapterFactory = (options, context): CredentialAd
   const key = context.signingKeys.keyFor(algorithm);
   return {
     kind: "jwt",
-    capabilities: { revocation: "introspection", renewable: false, tokenClaims: true },
+    capabilities: { revocation: "introspection", renewable: false, tokenClaims: true, issuesLocally: true },
     async issue(request: IssueRequest): Promise<IssuedCredential> {
       const expiresAtSeconds = Math.floor(request.expiresAt.getTime() / 1000);
       const token = await new SignJWT({

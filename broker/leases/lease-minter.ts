@@ -89,12 +89,18 @@ export class LeaseMinter {
     const task = await this.approvedTask(agent, taskId, denied);
     const plan = await this.plan(agent, task, request, denied);
     const slots = await this.reserveQuota(plan, denied);
-    await this.writeIssuing(plan, denied).catch(async (error: unknown) => {
+    const released = async (error: unknown): Promise<never> => {
       await slots.release();
       throw error;
-    });
+    };
+    if (plan.adapter.capabilities.issuesLocally) {
+      // Nothing exists outside the broker until the lease is written: one write, after issue.
+      const issued = await this.issue(agent, plan).catch(released);
+      return this.activate(agent, plan, issued, denied, { local: true }).catch(released);
+    }
+    await this.writeIssuing(plan, denied).catch(released);
     const issued = await this.issue(agent, plan);
-    return this.activate(agent, plan, issued, denied);
+    return this.activate(agent, plan, issued, denied, { local: false });
   }
 
   /** The task, if it is the agent's, approved and unexpired. */
@@ -258,11 +264,16 @@ export class LeaseMinter {
   }
 
   /** issuing → active with the handle, and the `lease_issued` event, in one write. */
+  /**
+   * The lease becomes `active` with the handle, and its `lease_issued` event, in one write:
+   * issuing → active, or (`local`) written for the first time, already active.
+   */
   private async activate(
     agent: AgentPrincipal,
     plan: MintPlan,
     issued: IssuedCredential,
     denied: (error: JitkeyError) => Promise<never>,
+    mode: { local: boolean },
   ): Promise<{ lease: Lease; credential: IssuedCredential["credential"] }> {
     const { lease, adapter, decision } = plan;
     const leaseEnd = Date.parse(lease.expiresAt);
@@ -271,15 +282,15 @@ export class LeaseMinter {
       issued.expiresAt && issued.expiresAt.getTime() < leaseEnd
         ? issued.expiresAt.toISOString()
         : lease.expiresAt;
-    const write = this.deps.states.activate(
-      lease,
-      {
-        expiresAt,
-        handle: issued.handle,
-        references: issued.references ? { ...issued.references } : undefined,
-      },
-      new Date(this.deps.clock.now()).toISOString(),
-    );
+    const fields = {
+      expiresAt,
+      handle: issued.handle,
+      references: issued.references ? { ...issued.references } : undefined,
+    };
+    const nowIso = new Date(this.deps.clock.now()).toISOString();
+    const write = mode.local
+      ? this.deps.states.issueActive(lease, fields, nowIso)
+      : this.deps.states.activate(lease, fields, nowIso);
     this.deps.audit.add(write, {
       type: "lease_issued",
       actor: actorOf(agent),
@@ -294,6 +305,18 @@ export class LeaseMinter {
       expiresAt,
     });
     const activated = await this.deps.audit.apply(write);
+    if (mode.local) {
+      if (activated.ok) {
+        this.deps.metrics.leasesMinted.inc({ resource: lease.resource, adapter: adapter.kind });
+        return { lease: { ...lease, ...fields, status: "active" }, credential: issued.credential };
+      }
+      // The task changed since it was read: the credential is dropped, never given out.
+      this.#approved.delete(lease.taskId);
+      const task = activated.record ? (JSON.parse(activated.record) as Task) : undefined;
+      if (!task) return denied(new NotFoundError("task"));
+      await this.checkLive(task, denied);
+      throw new Error(`lease ${lease.id} could not be written`);
+    }
     if (!activated.ok) {
       // Revoked, or its task ended, while the adapter worked. That revocation may have run
       // before the credential existed, so revoke what just arrived, here.

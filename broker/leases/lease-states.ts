@@ -77,6 +77,35 @@ export class LeaseStates {
       .expire(children, keepSeconds);
   }
 
+  /**
+   * A new lease written already `active`, with its indexes, handle and due time, for adapters
+   * whose credential is worthless without it (`capabilities.issuesLocally`): guarded like
+   * {@link issue} on the task being approved, unexpired and the agent's.
+   */
+  issueActive(
+    lease: Lease,
+    issued: { expiresAt: string; handle?: string; references?: Record<string, string> },
+    nowIso: string,
+  ): AtomicWrite {
+    const active: Lease = { ...lease, ...issued, status: "active" };
+    if (!active.handle) delete active.handle;
+    if (!active.references) delete active.references;
+    const shard = this.shardOf(lease.id);
+    const issuedMs = Date.parse(lease.issuedAt);
+    const write = new AtomicWrite(shard)
+      .guard(shard.task(lease.taskId), ["approved"], {
+        equals: { agentId: lease.agentId },
+        laterThan: { expiresAt: nowIso },
+      })
+      .create(shard.lease(lease.id), active)
+      .zadd(shard.liveLeases, Date.parse(issued.expiresAt), lease.id)
+      .zadd(shard.taskLeases(lease.taskId), issuedMs, lease.id)
+      .zadd(shard.resourceLeases(lease.resource), issuedMs, lease.id)
+      .zadd(shard.allLeases, issuedMs, lease.id);
+    if (issued.handle) write.hset(shard.handles(lease.resource), issued.handle, lease.id);
+    return write;
+  }
+
   /** issuing → active, only while the task is still approved and unexpired. */
   activate(
     lease: Lease,

@@ -524,3 +524,40 @@ describe("invariant: every decision lands in the audit trail with its reason", (
     expect(requested).to.include({ actor: "operator:alice", reason: "suspicious activity", matched: 1 });
   });
 });
+
+describe("invariant: a broker-signed token's lease is written once, after signing, or not at all", () => {
+  let t: TestBroker;
+  before(async () => {
+    t = await startTestBroker({ name: "inv-local" });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it("writes the lease already active, indexed and due at its expiry, with its lease_issued event", async () => {
+    const agent = await agentSession(t, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(t, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    const { lease } = await mintLease(t, agent, taskId, { resource: "demo-api" });
+    expect(lease.status).to.equal("active");
+    const shard = t.broker.keys.forId(lease.id);
+    expect(Number(await t.redis.zscore(shard.liveLeases, lease.id))).to.equal(Date.parse(lease.expiresAt));
+    expect(await t.redis.zscore(shard.taskLeases(taskId), lease.id)).to.not.equal(null);
+    expect(eventOf(await auditEvents(t, { leaseId: lease.id }), "lease_issued").decision).to.equal("allow");
+  });
+
+  it("gives out no credential and writes no lease when the task ended after it was read", async () => {
+    const agent = await agentSession(t, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(t, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    await mintLease(t, agent, taskId, { resource: "demo-api" });
+    // Ended behind the minter's back: its memory of the approved task is now stale.
+    await t.broker.tasks.close(taskId, "completed", "system");
+    const res = await t.http
+      .post(`/v1/tasks/${taskId}/leases`)
+      .set(agent.headers)
+      .send({ resource: "demo-api" })
+      .expect(409);
+    expect(res.body.error.code).to.equal("task_closed");
+    expect(res.body).to.not.have.property("credential");
+    expect(await t.redis.zcard(t.broker.keys.forId(taskId).taskLeases(taskId))).to.equal(1);
+  });
+});
