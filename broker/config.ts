@@ -227,10 +227,15 @@ export const ConfigSchema = z
       .prefault({}),
     revocation: z
       .object({
+        /** Attempts per revocation round, with exponential backoff from `backoffMs`. */
         attempts: z.number().int().min(1).max(50).default(10),
         backoffMs: z.number().int().min(10).default(1000),
+        /** How often the reconciler sweeps adapter orphans and trims listing indexes. */
         reconcileIntervalSeconds: seconds.default(30),
-        /** A lease stuck in `revoking`/`issuing` this long gets its revoke job enqueued again. */
+        /**
+         * How long a mint in `issuing`, or a revocation whose job was lost, may stall before the
+         * due sweeper claims it again.
+         */
         staleSeconds: seconds.default(120),
         /** `revoke_failed` leases are retried this often until they succeed. */
         retryFailedAfterSeconds: seconds.default(600),
