@@ -55,3 +55,11 @@ export function waitForStart(
 export function devOperatorToken(broker: BrokerProcess): string | undefined {
   return /Operator token[^:]*:\s+(\S+)/.exec(broker.stderr())?.[1];
 }
+
+/**
+ * Waits for dev mode's operator token: it is printed on stderr just after the "jitkey
+ * started" line on stdout, and the two pipes keep no order between them.
+ */
+export function waitForDevOperatorToken(broker: BrokerProcess, timeoutMs = 5000): Promise<string> {
+  return eventually(async () => devOperatorToken(broker), timeoutMs);
+}

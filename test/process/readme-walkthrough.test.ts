@@ -3,7 +3,13 @@ import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
-import { type BrokerProcess, devOperatorToken, ROOT, spawnBroker, waitForStart } from "../helpers/process.ts";
+import {
+  type BrokerProcess,
+  ROOT,
+  spawnBroker,
+  waitForDevOperatorToken,
+  waitForStart,
+} from "../helpers/process.ts";
 
 /** The shell block between the walkthrough markers in README.md. */
 async function readmeWalkthrough(): Promise<string> {
@@ -27,7 +33,7 @@ describe("README walkthrough", () => {
     expect(script).to.include("export OP=jkop_...");
     broker = spawnBroker({ JITKEY_DATA_DIR: await mkdtemp(join(tmpdir(), "jitkey-readme-")), PORT: "0" });
     const { url } = await waitForStart(broker);
-    const operatorToken = devOperatorToken(broker) as string;
+    const operatorToken = await waitForDevOperatorToken(broker);
     // What a reader does: paste the printed operator token into the first line.
     const run = spawnSync(
       "bash",

@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readdir, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
-import { devOperatorToken, spawnBroker, waitForStart } from "../helpers/process.ts";
+import { spawnBroker, waitForDevOperatorToken, waitForStart } from "../helpers/process.ts";
 import { eventually } from "../helpers/redis.ts";
 
 describe("process: npm start", () => {
@@ -22,7 +22,7 @@ describe("process: npm start", () => {
     expect(started.devMode).to.equal(true);
     // The banner goes to stderr just after the log line on stdout: two pipes, no order between them.
     await eventually(async () => broker.stderr().includes("DEV MODE"), 5000);
-    const operatorToken = devOperatorToken(broker) as string;
+    const operatorToken = await waitForDevOperatorToken(broker);
     expect(operatorToken).to.match(/^jkop_/);
     // The operator token is shown once on the terminal, never in the structured log.
     expect(broker.stdout()).to.not.include(operatorToken);
