@@ -1,6 +1,5 @@
 import { join, resolve } from "node:path";
 import type { Worker } from "bullmq";
-import type { Redis } from "ioredis";
 import type { Logger } from "winston";
 import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
@@ -31,7 +30,7 @@ import { createLogger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
 import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import { PolicyEngine } from "./policy/policy-engine.ts";
-import { connectRedis, RedisKeys } from "./redis.ts";
+import { connectRedis, hasRedisTarget, type RedisClient, RedisKeys } from "./redis.ts";
 import { PublishedKeys } from "./signing/published-keys.ts";
 import { AtomicWriter } from "./store/atomic-write.ts";
 import { RecordStore } from "./store/record-store.ts";
@@ -52,9 +51,9 @@ export interface BrokerOptions {
 /** Everything a broker process holds: clients, domain services, the queue. Stateless itself. */
 export interface Broker {
   readonly config: Config;
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   /** The connection BullMQ queues and workers use (never fails a command). */
-  readonly queueConnection: Redis;
+  readonly queueConnection: RedisClient;
   readonly keys: RedisKeys;
   readonly logger: Logger;
   readonly clock: Clock;
@@ -92,14 +91,16 @@ export interface Broker {
 
 /** Builds a broker from a validated config. Connects to Redis; does not listen. */
 export async function createBroker(config: Config, options: BrokerOptions = {}): Promise<Broker> {
-  if (!config.redis.url)
-    throw new Error("createBroker needs redis.url (main.ts starts the embedded redis-server)");
+  if (!hasRedisTarget(config.redis))
+    throw new Error(
+      "createBroker needs redis.url, cluster or sentinel (main.ts starts the embedded redis-server)",
+    );
   const logger = options.logger ?? createLogger({ level: config.log.level });
   const clock = options.clock ?? systemClock;
   const issuer = options.issuer ?? publicUrl(config);
   const keys = new RedisKeys(config.redis.prefix, undefined, config.redis.shards);
-  const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
-  const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
+  const redis = connectRedis(config.redis, { name: "jitkey-api" });
+  const queueConnection = connectRedis(config.redis, { forQueues: true, name: "jitkey-queue" });
   let signingKeys: SigningKeyring;
   const locks = new RedisLocks(redis, (name) => keys.lock(name));
   const adapters = new Map<string, CredentialAdapter>();
@@ -352,7 +353,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
 }
 
 /** The shard count is fixed for the life of the data: refuse to run with another one. */
-async function checkShardCount(redis: Redis, keys: RedisKeys): Promise<void> {
+async function checkShardCount(redis: RedisClient, keys: RedisKeys): Promise<void> {
   await redis.hsetnx(keys.meta, "shards", String(keys.shardCount));
   const stored = Number(await redis.hget(keys.meta, "shards"));
   if (stored !== keys.shardCount)
