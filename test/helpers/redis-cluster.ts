@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Redis } from "ioredis";
+import { Redis, type RedisOptions } from "ioredis";
 import { eventually } from "./redis.ts";
 
 const run = promisify(execFile);
@@ -74,12 +74,12 @@ function startServer(port: number, dir: string, args: string[]): ServerProcess {
   return { port, child, output: () => output };
 }
 
-/** Waits until the server answers PING, or fails with what it printed. */
-async function waitForPing(server: ServerProcess): Promise<void> {
+/** Waits until the server answers PING (over `url` with `options`, default plain TCP), or fails with what it printed. */
+async function waitForPing(server: ServerProcess, url?: string, options: RedisOptions = {}): Promise<void> {
   await eventually(async () => {
-    if (server.child.exitCode !== null)
-      throw new Error(`redis-server on ${server.port} exited: ${server.output()}`);
-    const client = new Redis(server.port, "127.0.0.1", {
+    if (server.child.exitCode !== null) throw new Error(`redis-server exited: ${server.output()}`);
+    const client = new Redis(url ?? `redis://127.0.0.1:${server.port}`, {
+      ...options,
       lazyConnect: true,
       maxRetriesPerRequest: 0,
       retryStrategy: () => null,
@@ -105,6 +105,12 @@ async function stopServers(servers: readonly ServerProcess[]): Promise<void> {
       clearTimeout(timer);
     }),
   );
+}
+
+/** Stops the servers and removes their directory. */
+async function removeAll(servers: readonly ServerProcess[], root: string): Promise<void> {
+  await stopServers(servers);
+  await rm(root, { recursive: true, force: true });
 }
 
 /** A throwaway Redis Cluster of masters on loopback ports. */
@@ -147,7 +153,7 @@ export async function startRedisCluster(masters = 3): Promise<LocalRedisCluster>
         ]),
       );
     }
-    await Promise.all(servers.map(waitForPing));
+    await Promise.all(servers.map((server) => waitForPing(server)));
     await run(
       "redis-cli",
       [
@@ -174,8 +180,7 @@ export async function startRedisCluster(masters = 3): Promise<LocalRedisCluster>
       ),
     );
   } catch (error) {
-    await stopServers(servers);
-    await rm(root, { recursive: true, force: true });
+    await removeAll(servers, root);
     throw error;
   }
   return {
@@ -187,8 +192,7 @@ export async function startRedisCluster(masters = 3): Promise<LocalRedisCluster>
     },
     async stop() {
       for (const { child } of servers) child.kill("SIGCONT");
-      await stopServers(servers);
-      await rm(root, { recursive: true, force: true });
+      await removeAll(servers, root);
     },
   };
 }
@@ -249,13 +253,11 @@ export async function startRedisSentinel(name = "jitkey-test"): Promise<LocalRed
       signalMaster: (signal) => master.child.kill(signal),
       async stop() {
         master.child.kill("SIGCONT");
-        await stopServers(servers);
-        await rm(root, { recursive: true, force: true });
+        await removeAll(servers, root);
       },
     };
   } catch (error) {
-    await stopServers(servers);
-    await rm(root, { recursive: true, force: true });
+    await removeAll(servers, root);
     throw error;
   }
 }
@@ -349,36 +351,18 @@ export async function startRedisTls(username: string, password: string): Promise
       "+@all",
     ]);
     servers.push(server);
-    await eventually(async () => {
-      if (server.child.exitCode !== null) throw new Error(`redis-server (TLS) exited: ${server.output()}`);
-      const client = new Redis(`rediss://127.0.0.1:${port}/0`, {
-        username,
-        password,
-        tls: { ca: await readFile(file("ca.crt"), "utf8") },
-        lazyConnect: true,
-        maxRetriesPerRequest: 0,
-        retryStrategy: () => null,
-      });
-      client.on("error", () => {});
-      try {
-        await client.connect();
-        return (await client.ping()) === "PONG";
-      } finally {
-        client.disconnect();
-      }
-    }, 15_000);
+    const ca = await readFile(file("ca.crt"), "utf8");
+    await waitForPing(server, `rediss://127.0.0.1:${port}/0`, { username, password, tls: { ca } });
     return {
       url: `rediss://127.0.0.1:${port}/0`,
       caFile: file("ca.crt"),
       otherCaFile: file("other-ca.crt"),
       async stop() {
-        await stopServers(servers);
-        await rm(root, { recursive: true, force: true });
+        await removeAll(servers, root);
       },
     };
   } catch (error) {
-    await stopServers(servers);
-    await rm(root, { recursive: true, force: true });
+    await removeAll(servers, root);
     throw error;
   }
 }
