@@ -110,7 +110,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
       pemAlgorithm: config.signing.pemAlgorithm,
     });
-    await checkShardCount(redis, keys);
+    await firstContact(redis, () => checkShardCount(redis, keys));
     config.resources.forEach((resource, index) => {
       const context: AdapterContext = {
         resource: resource.name,
@@ -350,6 +350,28 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       await Promise.allSettled([redis.quit(), queueConnection.quit()]);
     },
   };
+}
+
+/**
+ * Runs the first commands of a new connection. If Redis cannot be reached, the error names
+ * why (refused, a certificate that does not verify, a wrong password) rather than only that
+ * the command gave up.
+ */
+async function firstContact(redis: RedisClient, commands: () => Promise<void>): Promise<void> {
+  let cause: Error | undefined;
+  const note = (error: Error) => {
+    cause = error;
+  };
+  redis.on("error", note);
+  try {
+    await commands();
+  } catch (error) {
+    if (cause && !(error instanceof ConfigError))
+      throw new Error(`cannot use Redis: ${cause.message}`, { cause: error });
+    throw error;
+  } finally {
+    redis.off("error", note);
+  }
 }
 
 /** The shard count is fixed for the life of the data: refuse to run with another one. */
