@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect } from "chai";
 import type { ManualClock } from "../../broker/clock.ts";
@@ -58,7 +58,7 @@ class LiveStream {
 
 /** Listens on a loopback port (for the streaming routes) and returns the base URL and a closer. */
 export async function listen(t: TestBroker): Promise<{ base: string; close(): Promise<void> }> {
-  const server: Server = t.app.listen(0, "127.0.0.1");
+  const server: Server = createServer(t.app).listen(0, "127.0.0.1");
   await new Promise((resolve) => server.once("listening", resolve));
   return {
     base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
