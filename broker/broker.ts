@@ -1,6 +1,5 @@
 import { dirname, join, resolve } from "node:path";
 import type { Worker } from "bullmq";
-import type { Redis } from "ioredis";
 import type { Logger } from "winston";
 import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
@@ -39,7 +38,7 @@ import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import type { PolicyEngine } from "./policy/policy-engine.ts";
 import { configFileSources, PolicyStore, pickSources } from "./policy/policy-store.ts";
 import { Quotas } from "./quotas/quotas.ts";
-import { connectRedis, RedisKeys } from "./redis.ts";
+import { connectRedis, hasRedisTarget, type RedisClient, RedisKeys } from "./redis.ts";
 import { PublishedKeys } from "./signing/published-keys.ts";
 import { AtomicWriter } from "./store/atomic-write.ts";
 import { RecordStore } from "./store/record-store.ts";
@@ -63,9 +62,9 @@ export interface BrokerOptions {
 /** Everything a broker process holds: clients, domain services, the queue. Stateless itself. */
 export interface Broker {
   readonly config: Config;
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   /** The connection BullMQ queues and workers use (never fails a command). */
-  readonly queueConnection: Redis;
+  readonly queueConnection: RedisClient;
   readonly keys: RedisKeys;
   readonly logger: Logger;
   readonly clock: Clock;
@@ -111,14 +110,16 @@ export interface Broker {
 
 /** Builds a broker from a validated config. Connects to Redis; does not listen. */
 export async function createBroker(config: Config, options: BrokerOptions = {}): Promise<Broker> {
-  if (!config.redis.url)
-    throw new Error("createBroker needs redis.url (main.ts starts the embedded redis-server)");
+  if (!hasRedisTarget(config.redis))
+    throw new Error(
+      "createBroker needs redis.url, cluster or sentinel (main.ts starts the embedded redis-server)",
+    );
   const logger = options.logger ?? createLogger({ level: config.log.level });
   const clock = options.clock ?? systemClock;
   const issuer = options.issuer ?? publicUrl(config);
   const keys = new RedisKeys(config.redis.prefix, undefined, config.redis.shards);
-  const redis = connectRedis(config.redis.url, { name: "jitkey-api" });
-  const queueConnection = connectRedis(config.redis.url, { forQueues: true, name: "jitkey-queue" });
+  const redis = connectRedis(config.redis, { name: "jitkey-api" });
+  const queueConnection = connectRedis(config.redis, { forQueues: true, name: "jitkey-queue" });
   let signingKeys: SigningKeyring;
   const locks = new RedisLocks(redis, (name) => keys.lock(name));
   const adapters = new Map<string, CredentialAdapter>();
@@ -128,7 +129,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
       pemAlgorithm: config.signing.pemAlgorithm,
     });
-    await checkShardCount(redis, keys);
+    await firstContact(redis, () => checkShardCount(redis, keys));
     for (const [index, resource] of config.resources.entries()) {
       const context: AdapterContext = {
         resource: resource.name,
@@ -446,8 +447,30 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
   };
 }
 
+/**
+ * Runs the first commands of a new connection. If Redis cannot be reached, the error names
+ * why (refused, a certificate that does not verify, a wrong password) rather than only that
+ * the command gave up.
+ */
+async function firstContact(redis: RedisClient, commands: () => Promise<void>): Promise<void> {
+  let cause: Error | undefined;
+  const note = (error: Error) => {
+    cause = error;
+  };
+  redis.on("error", note);
+  try {
+    await commands();
+  } catch (error) {
+    if (cause && !(error instanceof ConfigError))
+      throw new Error(`cannot use Redis: ${cause.message}`, { cause: error });
+    throw error;
+  } finally {
+    redis.off("error", note);
+  }
+}
+
 /** The shard count is fixed for the life of the data: refuse to run with another one. */
-async function checkShardCount(redis: Redis, keys: RedisKeys): Promise<void> {
+async function checkShardCount(redis: RedisClient, keys: RedisKeys): Promise<void> {
   await redis.hsetnx(keys.meta, "shards", String(keys.shardCount));
   const stored = Number(await redis.hget(keys.meta, "shards"));
   if (stored !== keys.shardCount)

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
@@ -103,6 +104,117 @@ const policySchema = z.object({
   claims: z.record(claimName, z.union([claimPattern, z.array(claimPattern).min(1).max(32)])).optional(),
 });
 
+/** A `redis://` or `rediss://` URL. */
+const redisUrl = z
+  .string()
+  .refine((value) => URL.canParse(value) && /^rediss?:$/.test(new URL(value).protocol), {
+    message: "a redis:// or rediss:// URL",
+  });
+
+/** Reads a PEM file when the config is parsed, so a missing file fails start-up naming the field. */
+const pemFile = z
+  .string()
+  .min(1)
+  .transform((path, ctx) => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (error) {
+      ctx.addIssue({
+        code: "custom",
+        message: `cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? "error"}`,
+      });
+      return z.NEVER;
+    }
+  });
+
+/**
+ * TLS to Redis. Certificates are always verified; `caFile` adds a private CA. The files are
+ * read when the config is parsed: the parsed config holds their PEM text under the same names.
+ */
+const redisTls = z
+  .object({
+    /** PEM file of the CA certificate(s) the servers' certificates chain to; default: the system's. */
+    caFile: pemFile.optional(),
+    /** Client certificate and key (PEM files), when the servers require one. */
+    certFile: pemFile.optional(),
+    keyFile: pemFile.optional(),
+    /** Name the servers' certificates carry, when it is not the host connected to. */
+    servername: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((tls) => (tls.certFile === undefined) === (tls.keyFile === undefined), {
+    message: "set both certFile and keyFile, or neither",
+  });
+
+const redisCluster = z
+  .object({
+    /** `redis://host:port` (or `rediss://`) of one or more nodes; credentials go in redis.username/password. */
+    nodes: z
+      .array(
+        redisUrl.refine((value) => {
+          const url = new URL(value);
+          return !url.username && !url.password && (url.pathname === "" || url.pathname === "/");
+        }, "host and port only: credentials go in redis.username/password, and a cluster has only db 0"),
+      )
+      .min(1),
+  })
+  .strict();
+
+const redisSentinel = z
+  .object({
+    /** Sentinels to ask where the master is. */
+    sentinels: z
+      .array(z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65_535) }).strict())
+      .min(1),
+    /** The master's name in the sentinels' configuration. */
+    name: z.string().min(1),
+    /** ACL user and password of the sentinels themselves (redis.username/password are the master's). */
+    username: z.string().min(1).optional(),
+    password: SecretRef.optional(),
+    /** The sentinels speak TLS too (with redis.tls's settings). */
+    tls: z.boolean().optional(),
+    db: z.number().int().min(0).optional(),
+  })
+  .strict();
+
+/** At most one way to reach Redis, and TLS and credentials said once. */
+function checkRedisConnection(
+  redis: {
+    url?: string;
+    cluster?: { nodes: string[] };
+    sentinel?: { tls?: boolean };
+    password?: string;
+    tls?: unknown;
+  },
+  ctx: z.RefinementCtx,
+): void {
+  const forms = (["url", "cluster", "sentinel"] as const).filter((form) => redis[form] !== undefined);
+  if (forms.length > 1)
+    ctx.addIssue({
+      code: "custom",
+      path: [forms[1] as string],
+      message: `set only one of redis.url, redis.cluster and redis.sentinel (REDIS_URL sets redis.url); got ${forms.join(" and ")}`,
+    });
+  const urls = redis.url ? [redis.url] : (redis.cluster?.nodes ?? []);
+  const schemes = new Set(urls.map((url) => new URL(url).protocol));
+  if (schemes.size > 1)
+    ctx.addIssue({
+      code: "custom",
+      path: ["cluster", "nodes"],
+      message: "all nodes redis://, or all rediss://",
+    });
+  if (redis.tls !== undefined && schemes.has("redis:"))
+    ctx.addIssue({ code: "custom", path: ["tls"], message: "TLS settings need rediss:// URLs" });
+  if (redis.sentinel?.tls && redis.tls === undefined)
+    ctx.addIssue({
+      code: "custom",
+      path: ["sentinel", "tls"],
+      message: "needs redis.tls (use {} for the defaults)",
+    });
+  if (redis.password !== undefined && redis.url && new URL(redis.url).password)
+    ctx.addIssue({ code: "custom", path: ["password"], message: "the url already holds a password" });
+}
+
 /** Events clients can wait for, stream (`GET /v1/events`) and receive by webhook. */
 export const NOTIFICATION_EVENTS = [
   "task_pending",
@@ -160,8 +272,21 @@ export const ConfigSchema = z
       .prefault({}),
     redis: z
       .object({
-        /** No url ⇒ the broker runs a private redis-server under the data directory. */
-        url: z.string().optional(),
+        /**
+         * One Redis (`redis://`, or `rediss://` for TLS). Set at most one of url, cluster and
+         * sentinel; none ⇒ `jitkey` runs a private redis-server under the data directory.
+         */
+        url: redisUrl.optional(),
+        /** A Redis Cluster: some of its nodes; the rest are discovered. */
+        cluster: redisCluster.optional(),
+        /** A master found through Redis Sentinel. */
+        sentinel: redisSentinel.optional(),
+        /** ACL user of the data nodes (all three forms). */
+        username: z.string().min(1).optional(),
+        /** Password of the data nodes: the value, `{ env: NAME }` or `{ file: PATH }`. */
+        password: SecretRef.optional(),
+        /** TLS to the data nodes; on with this block or a `rediss://` URL. */
+        tls: redisTls.optional(),
         prefix: z
           .string()
           .regex(/^[A-Za-z0-9:_-]+$/)
@@ -176,6 +301,7 @@ export const ConfigSchema = z
           .refine((n) => (SHARD_COUNTS as readonly number[]).includes(n), "one of 1, 2, 4, 8, 16, 32, 64")
           .default(16),
       })
+      .superRefine(checkRedisConnection)
       .prefault({}),
     data: z.object({ dir: z.string().default(".jitkey") }).prefault({}),
     signing: z

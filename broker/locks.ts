@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis.ts";
 
 // Deletes the lock only if this holder still owns it: a holder that outlived its lease must
 // never release a lock someone else has taken since.
@@ -23,7 +23,7 @@ export class LockTimeoutError extends Error {
  */
 export class RedisLocks {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keyOf: (name: string) => string,
     private readonly options: { leaseMs?: number; waitMs?: number } = {},
   ) {}

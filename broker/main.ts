@@ -8,6 +8,7 @@ import { type Config, ConfigError, configPath, loadConfigFile, publicUrl } from 
 import { type DevModeSecrets, prepareDevMode } from "./dev-mode.ts";
 import { type EmbeddedRedis, RedisServerMissingError, startEmbeddedRedis } from "./embedded-redis.ts";
 import { createLogger } from "./logger.ts";
+import { hasRedisTarget } from "./redis.ts";
 
 const MODES = ["all", "serve", "worker"] as const;
 type Mode = (typeof MODES)[number];
@@ -39,10 +40,10 @@ async function main(argv: string[]): Promise<void> {
   const logger = createLogger({ level: config.log.level });
 
   let embedded: EmbeddedRedis | undefined;
-  if (!config.redis.url) {
+  if (!hasRedisTarget(config.redis)) {
     if (mode !== "all") {
       process.stderr.write(
-        `jitkey ${mode}: set redis.url or REDIS_URL; a private Redis is only started by \`jitkey\` (npm start)\n`,
+        `jitkey ${mode}: set redis.url (or REDIS_URL), redis.cluster or redis.sentinel; a private Redis is only started by \`jitkey\` (npm start)\n`,
       );
       process.exit(1);
     }

@@ -1,23 +1,107 @@
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
+import type { Config } from "./config.ts";
 import { DEFAULT_TENANT, shardOfId, shardOfText } from "./ids.ts";
 
+/** Where Redis is and how to log in: the connection part of the `redis` config section. */
+export type RedisTarget = Pick<
+  Config["redis"],
+  "url" | "cluster" | "sentinel" | "username" | "password" | "tls"
+>;
+
+interface ConnectOptions {
+  /** A BullMQ connection: commands wait for Redis however long it takes. */
+  forQueues?: boolean;
+  /** The connection name Redis shows in CLIENT LIST. */
+  name?: string;
+}
+
+/** A client of one Redis (direct or through Sentinel) or of a Redis Cluster. */
+export type RedisClient = Redis | Cluster;
+
 /**
- * Opens a client. `forQueues` clients never give up on a command (BullMQ needs that); the
- * HTTP layer keeps requests that wait on them from hanging (see `broker/http/redis-health.ts`).
- * API clients fail a command after 1 s or a short retry, so a Redis
- * outage — refused, dropped or hung — answers fast. Never run a blocking command (BLPOP,
- * XREAD BLOCK) on an API client: use `duplicate()` without the timeout.
+ * Opens a client to one Redis (`url`), a master found through Sentinel (`sentinel`) or a
+ * Redis Cluster (`cluster`). `forQueues` clients never give up on a command (BullMQ needs
+ * that); the HTTP layer keeps requests that wait on them from hanging (see
+ * `broker/http/redis-health.ts`). API clients fail a command after 1 s or a short retry, so a
+ * Redis outage — refused, dropped or hung — answers fast. Never run a blocking command (BLPOP,
+ * XREAD BLOCK) on an API client: use {@link subscriberOf} or a client of its own.
  */
-export function connectRedis(url: string, options: { forQueues?: boolean; name?: string } = {}): Redis {
+export function connectRedis(url: string, options?: ConnectOptions): Redis;
+export function connectRedis(target: RedisTarget, options?: ConnectOptions): RedisClient;
+export function connectRedis(target: string | RedisTarget, options: ConnectOptions = {}): RedisClient {
+  const { url, cluster, sentinel, username, password, tls } =
+    typeof target === "string" ? { url: target } : target;
   const base: RedisOptions = {
     connectionName: options.name,
     enableReadyCheck: true,
     maxRetriesPerRequest: options.forQueues ? null : 2,
     // Reconnect forever, at most every 2 s: the broker recovers by itself when Redis returns.
-    retryStrategy: (attempt) => Math.min(attempt * 200, 2000),
+    retryStrategy: reconnectDelay,
     ...(options.forQueues ? {} : { commandTimeout: 1000 }),
+    ...(username === undefined ? {} : { username }),
+    ...(password === undefined ? {} : { password }),
   };
-  return new Redis(url, base);
+  const tlsOptions = tls && {
+    ca: tls.caFile,
+    cert: tls.certFile,
+    key: tls.keyFile,
+    servername: tls.servername,
+  };
+  if (cluster) {
+    const nodes = cluster.nodes.map((node) => new URL(node));
+    const secure = tlsOptions ?? (nodes[0]?.protocol === "rediss:" ? {} : undefined);
+    const clusterOptions: ClusterOptions = {
+      redisOptions: { ...base, ...(secure ? { tls: secure } : {}) },
+      clusterRetryStrategy: reconnectDelay,
+      enableReadyCheck: true,
+      // Writes and reads both go to masters: a read right after a write must see it.
+      scaleReads: "master",
+    };
+    return new Cluster(
+      nodes.map((node) => ({ host: node.hostname.replace(/^\[|\]$/g, ""), port: Number(node.port || 6379) })),
+      clusterOptions,
+    );
+  }
+  if (sentinel) {
+    return new Redis({
+      ...base,
+      sentinels: sentinel.sentinels,
+      name: sentinel.name,
+      ...(sentinel.db === undefined ? {} : { db: sentinel.db }),
+      ...(sentinel.username === undefined ? {} : { sentinelUsername: sentinel.username }),
+      ...(sentinel.password === undefined ? {} : { sentinelPassword: sentinel.password }),
+      ...(tlsOptions ? { tls: tlsOptions, enableTLSForSentinelMode: true } : {}),
+      ...(sentinel.tls && tlsOptions ? { sentinelTLS: tlsOptions } : {}),
+      sentinelRetryStrategy: reconnectDelay,
+      // Follows a failover as soon as the sentinels announce it, not at the next error.
+      failoverDetector: true,
+    });
+  }
+  if (!url) throw new Error("connectRedis: no redis.url, redis.cluster or redis.sentinel");
+  // Options given here win over the URL's only where the URL says nothing (ioredis merges so).
+  return new Redis(url, { ...base, ...(tlsOptions ? { tls: tlsOptions } : {}) });
+}
+
+function reconnectDelay(attempt: number): number {
+  return Math.min(attempt * 200, 2000);
+}
+
+/** Is any way to reach Redis configured? (None: `jitkey` starts a private redis-server.) */
+export function hasRedisTarget(target: RedisTarget): boolean {
+  return target.url !== undefined || target.cluster !== undefined || target.sentinel !== undefined;
+}
+
+/**
+ * A new connection for pub/sub on the same Redis or Cluster as `client`, named `name`. It
+ * keeps commands while disconnected (a subscription is re-made on reconnect). On a Cluster,
+ * published messages reach every node, so the subscriber listens on any one of them.
+ */
+export function subscriberOf(client: RedisClient, name: string): RedisClient {
+  if (client instanceof Cluster)
+    return client.duplicate([], {
+      redisOptions: { ...client.options.redisOptions, connectionName: name },
+    });
+  return client.duplicate({ connectionName: name, enableOfflineQueue: true });
 }
 
 /**

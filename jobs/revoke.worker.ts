@@ -31,7 +31,7 @@ export function startRevocationWorker(
   options: RevocationWorkerOptions,
 ): Worker<JobData, unknown, JobName> {
   const process = async (job: RevocationJob): Promise<unknown> => {
-    if (isJob(job, "settle-leases")) return deps.revoker.settle(job.data.leaseIds);
+    if (isJob(job, "settle-leases")) return deps.revoker.settle(job.data.leaseIds, job.id);
     if (isJob(job, "expire-tasks")) {
       let expired = 0;
       for (const taskId of job.data.taskIds) if (await deps.tasks.expireIfDue(taskId)) expired += 1;

@@ -1,7 +1,7 @@
-import type { Redis } from "ioredis";
 import type { Logger } from "winston";
 import { type AuditEvent, publicEventId } from "../audit/audit-log.ts";
 import type { NotificationEvent } from "../config.ts";
+import { type RedisClient, subscriberOf } from "../redis.ts";
 
 /** A task or lease event as clients see it: its notification name and the audit event. */
 export interface LiveEvent {
@@ -41,10 +41,10 @@ type Listener = (event: LiveEvent) => void;
  */
 export class LiveEvents {
   readonly #listeners = new Set<Listener>();
-  #subscriber: Redis | undefined;
+  #subscriber: RedisClient | undefined;
   #subscribed: Promise<void> | undefined;
 
-  constructor(private readonly deps: { redis: Redis; channel: string; logger: Logger }) {}
+  constructor(private readonly deps: { redis: RedisClient; channel: string; logger: Logger }) {}
 
   /** Calls `listener` for each event until the returned function is called. */
   subscribe(listener: Listener): () => void {
@@ -78,10 +78,7 @@ export class LiveEvents {
 
   private connect(): void {
     if (this.#subscriber) return;
-    const subscriber = this.deps.redis.duplicate({
-      connectionName: "jitkey-events",
-      enableOfflineQueue: true,
-    });
+    const subscriber = subscriberOf(this.deps.redis, "jitkey-events");
     this.#subscriber = subscriber;
     subscriber.on("error", (error: Error) =>
       this.deps.logger.warn("live events connection", { error: error.message }),

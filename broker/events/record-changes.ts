@@ -1,5 +1,5 @@
-import type { Redis } from "ioredis";
 import type { Logger } from "winston";
+import { type RedisClient, subscriberOf } from "../redis.ts";
 
 /** A listener for changed records: the key of each, or `undefined` when changes may have been missed. */
 export type ChangeListener = (key: string | undefined) => void;
@@ -12,10 +12,10 @@ export type ChangeListener = (key: string | undefined) => void;
  */
 export class RecordChanges {
   readonly #listeners = new Set<ChangeListener>();
-  #subscriber: Redis | undefined;
+  #subscriber: RedisClient | undefined;
   #connected = false;
 
-  constructor(private readonly deps: { redis: Redis; channel: string; logger: Logger }) {}
+  constructor(private readonly deps: { redis: RedisClient; channel: string; logger: Logger }) {}
 
   /**
    * Calls `listener` for every change from now on. Until the subscription is in place (and
@@ -44,10 +44,7 @@ export class RecordChanges {
 
   private connect(): void {
     if (this.#subscriber) return;
-    const subscriber = this.deps.redis.duplicate({
-      connectionName: "jitkey-changes",
-      enableOfflineQueue: true,
-    });
+    const subscriber = subscriberOf(this.deps.redis, "jitkey-changes");
     this.#subscriber = subscriber;
     const reset = () => {
       this.#connected = false;

@@ -1,11 +1,10 @@
 import type { Request } from "express";
-import type { Redis } from "ioredis";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import { RateLimitedError } from "../errors.ts";
 import { digestOf, type IdentityRejectedError } from "../identity/agent-verifier.ts";
 import type { Metrics } from "../metrics.ts";
-import type { RedisKeys } from "../redis.ts";
+import type { RedisClient, RedisKeys } from "../redis.ts";
 import type { LimitState, SlidingWindowLimiter } from "./rate-limiter.ts";
 
 /** The longest any string taken from a request may be in an audit event. */
@@ -51,7 +50,7 @@ export class FailedAuthLimit {
   constructor(
     private readonly deps: {
       limiter: SlidingWindowLimiter;
-      redis: Redis;
+      redis: RedisClient;
       keys: RedisKeys;
       audit: AuditLog;
       metrics: Metrics;

@@ -1,6 +1,5 @@
-import type { Redis } from "ioredis";
 import type { Clock } from "../clock.ts";
-import type { RedisKeys } from "../redis.ts";
+import type { RedisClient, RedisKeys } from "../redis.ts";
 
 /** Where a bucket stands against its limit. */
 export interface LimitState {
@@ -23,7 +22,7 @@ export interface LimitState {
  */
 export class SlidingWindowLimiter {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keys: RedisKeys,
     private readonly clock: Clock,
     private readonly windowMs = 60_000,

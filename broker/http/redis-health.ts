@@ -1,7 +1,7 @@
 import type { RequestHandler, Response } from "express";
-import type { Redis } from "ioredis";
 import type { Logger } from "winston";
 import { UnavailableError } from "../errors.ts";
+import type { RedisClient } from "../redis.ts";
 
 /** ioredis's ways of saying a command never reached Redis or never came back. */
 const CONNECTION_FAILURES = new Set([
@@ -10,14 +10,39 @@ const CONNECTION_FAILURES = new Set([
   "Stream isn't writeable and enableOfflineQueue options is false",
 ]);
 const SOCKET_ERROR_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "ENOTCONN"]);
+/**
+ * A Redis Cluster or Sentinel setup that cannot serve the key now: ioredis gave up following
+ * redirections or finding the slots, or a node says the cluster (or its master) is down or
+ * the slot is moving. They pass when nodes return or fail over.
+ */
+const UNAVAILABLE_PREFIXES = [
+  "Too many Cluster redirections.",
+  "Failed to refresh slots cache.",
+  "Cluster isn't ready",
+  "CLUSTERDOWN ",
+  "TRYAGAIN ",
+  "MASTERDOWN ",
+  "LOADING ",
+  "READONLY ",
+];
 
-/** Is `error` a Redis connection failure rather than a reply or a bug? */
-export function isRedisConnectionError(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
+/** Is `error` a Redis connection failure (or an unavailable cluster) rather than a reply or a bug? */
+export function isRedisConnectionError(error: unknown, seen = new Set<unknown>()): boolean {
+  if (!(error instanceof Error) || seen.has(error)) return false;
+  seen.add(error);
+  const { code, previousErrors } = error as { code?: unknown; previousErrors?: unknown };
+  // A MULTI whose queued commands failed that way (ioredis keeps their errors on EXECABORT; an
+  // error can be among its own previous errors, hence `seen`).
+  if (
+    Array.isArray(previousErrors) &&
+    previousErrors.some((previous) => isRedisConnectionError(previous, seen))
+  )
+    return true;
   return (
     error.name === "MaxRetriesPerRequestError" ||
+    error.name === "ClusterAllFailedError" ||
     CONNECTION_FAILURES.has(error.message) ||
+    UNAVAILABLE_PREFIXES.some((prefix) => error.message.startsWith(prefix)) ||
     (typeof code === "string" && SOCKET_ERROR_CODES.has(code))
   );
 }
@@ -31,7 +56,7 @@ export class RedisHealth {
   readonly #lost = new Set<string>();
   readonly #onLost = new Set<() => void>();
 
-  constructor(connections: Record<string, Redis>, logger?: Logger) {
+  constructor(connections: Record<string, RedisClient>, logger?: Logger) {
     for (const [name, client] of Object.entries(connections)) {
       let reported = false;
       const lose = () => {

@@ -29,6 +29,8 @@ export interface SettleReport {
   rescheduled: number;
   /** Revoked or vanished leases taken out of the indexes. */
   tidied: number;
+  /** Leases another job is revoking right now, left to it. */
+  busy: number;
 }
 
 /** The lease revocation reason that goes with a task's end. */
@@ -101,9 +103,12 @@ export class LeaseRevoker {
     return moved;
   }
 
-  /** The revocation job: brings each lease that is due to its next state. Idempotent. */
-  async settle(leaseIds: readonly string[]): Promise<SettleReport> {
-    const report: SettleReport = { revoked: 0, retrying: 0, failed: 0, rescheduled: 0, tidied: 0 };
+  /**
+   * The revocation job: brings each lease that is due to its next state. Idempotent.
+   * `job` is the BullMQ job's id: a re-run of the same job takes over its own attempts at once.
+   */
+  async settle(leaseIds: readonly string[], job?: string): Promise<SettleReport> {
+    const report: SettleReport = { revoked: 0, retrying: 0, failed: 0, rescheduled: 0, tidied: 0, busy: 0 };
     const { states, audit } = this.deps;
     const now = this.deps.clock.now();
     const nowIso = new Date(now).toISOString();
@@ -116,7 +121,10 @@ export class LeaseRevoker {
     const planned: { write: AtomicWrite; applied?: (lease: Lease) => void }[] = [];
     const tidy = (write: AtomicWrite) => planned.push({ write, applied: () => (report.tidied += 1) });
     for (const id of leaseIds) if (!found.has(id)) tidy(states.untrack(id));
+    // Leases already under revocation, whose next attempt this job must take first.
     const revoking: Lease[] = [];
+    // Leases this job goes on to the adapter with.
+    const attempts: Lease[] = [];
     for (const lease of leases) {
       if (lease.status === "revoked") {
         tidy(
@@ -148,20 +156,46 @@ export class LeaseRevoker {
       } else if (lease.status === "revoking") {
         revoking.push(lease);
       } else {
-        const write = states.startRevocation(lease, request, this.lookAgainAt());
+        // The move to revoking takes the first attempt too: only the job whose write wins goes on.
+        const write = states.startRevocation(lease, request, this.lookAgainAt(), { at: nowIso, by: job });
         if (request.reason !== "expired")
           audit.add(write, this.event("lease_revoke_requested", lease, request.requestedBy, request.reason));
-        planned.push({ write, applied: (started) => revoking.push(started) });
+        planned.push({ write, applied: (started) => attempts.push(started) });
       }
     }
     const results = await audit.applyAll(planned.map(({ write }) => write));
     results.forEach((result, i) => {
       if (result.ok) planned[i]?.applied?.(JSON.parse(result.record ?? "{}") as Lease);
     });
-    await forEachLimited(revoking, 16, async (lease) => {
+    const taken = await this.takeAttempts(revoking, now, job);
+    attempts.push(...taken);
+    report.busy += revoking.length - taken.length;
+    await forEachLimited(attempts, 16, async (lease) => {
       report[await this.attempt(lease)] += 1;
     });
     return report;
+  }
+
+  /**
+   * Takes the next attempt of each lease for this job. A lease whose attempt another job took
+   * less than `staleSeconds` ago is left to that job, so one lease is at the adapter once at a
+   * time; an older attempt is presumed dead with its worker, and taken over, as is one this
+   * same job took before its worker died.
+   */
+  private async takeAttempts(leases: readonly Lease[], now: number, job?: string): Promise<Lease[]> {
+    const free = leases.filter(
+      (lease) =>
+        !lease.revokeAttemptAt ||
+        Date.parse(lease.revokeAttemptAt) + this.staleMs <= now ||
+        (job !== undefined && lease.revokeAttemptBy === job),
+    );
+    const attempt = { at: new Date(now).toISOString(), by: job };
+    const results = await this.deps.audit.applyAll(
+      free.map((lease) => this.deps.states.takeAttempt(lease, attempt, now + this.staleMs)),
+    );
+    return results.flatMap((result) =>
+      result.ok && result.record ? [JSON.parse(result.record) as Lease] : [],
+    );
   }
 
   /**

@@ -2,6 +2,15 @@ import type { RedisKeys, ShardKeys } from "../redis.ts";
 import { AtomicWrite } from "../store/atomic-write.ts";
 import type { Lease, LeaseStatus, RevokeReason } from "./lease.ts";
 
+/** Who took a lease's attempt at the adapter (a revocation job's id), and when. */
+export interface RevokeAttempt {
+  at: string;
+  by?: string;
+}
+
+/** The fields of an attempt under way, cleared when it ends without settling the lease. */
+const ATTEMPT_FIELDS = ["revokeAttemptAt", "revokeAttemptBy"];
+
 /**
  * The lease state machine, in one place: which status may move to which, and the index
  * writes that go with each move. Every function returns an {@link AtomicWrite} (guarded on the
@@ -17,7 +26,9 @@ import type { Lease, LeaseStatus, RevokeReason } from "./lease.ts";
  *           └──markFailed──▶ revoke_failed ──startRevocation (new round)┘
  * ```
  * Leases whose adapter keeps nothing to delete (broker-signed tokens) may go straight from
- * any live status to `revoked` (`settleDirect`).
+ * any live status to `revoked` (`settleDirect`). While `revoking`, a job goes to the adapter
+ * only after taking the attempt (`takeAttempt`, or `startRevocation` with an attempt), so two
+ * live jobs never revoke one lease at once.
  *
  * Indexes: `live` holds issuing/active leases by when to look next (expiry, or a mint gone
  * stale), `revoking` holds leases under revocation by when to look again, `failed` holds
@@ -152,20 +163,41 @@ export class LeaseStates {
     lease: Lease,
     request: { reason: RevokeReason; requestedAt: string; requestedBy: string },
     lookAgainAtMs: number,
+    /** Set when the caller goes on to the adapter itself: the first attempt is taken in the same write. */
+    attempt?: RevokeAttempt,
   ): AtomicWrite {
     const shard = this.shardOf(lease.id);
     const retry = lease.status === "revoke_failed";
     return this.guarded(lease, [lease.status])
-      .patch({
-        status: "revoking",
-        revokeReason: retry ? (lease.revokeReason ?? request.reason) : request.reason,
-        revokeRequestedAt: retry ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
-        revokeRequestedBy: retry ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
-        revokeRound: (lease.revokeRound ?? 0) + 1,
-        revokeAttempts: 0,
-      })
+      .patch(
+        {
+          status: "revoking",
+          revokeReason: retry ? (lease.revokeReason ?? request.reason) : request.reason,
+          revokeRequestedAt: retry ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
+          revokeRequestedBy: retry ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
+          revokeRound: (lease.revokeRound ?? 0) + 1,
+          revokeAttempts: 0,
+          ...(attempt ? { revokeAttemptAt: attempt.at, revokeAttemptBy: attempt.by } : {}),
+        },
+        attempt ? {} : { unset: ATTEMPT_FIELDS },
+      )
       .zrem(shard.liveLeases, lease.id)
       .zrem(shard.failedLeases, lease.id)
+      .zadd(shard.revokingLeases, lookAgainAtMs, lease.id);
+  }
+
+  /**
+   * Takes the next attempt of the current round for one job, only if no other job took it since
+   * `lease` was read (compare-and-set on `revokeAttemptAt`). If that job goes silent, the lease
+   * is looked at again at `lookAgainAtMs`.
+   */
+  takeAttempt(lease: Lease, attempt: RevokeAttempt, lookAgainAtMs: number): AtomicWrite {
+    const shard = this.shardOf(lease.id);
+    return new AtomicWrite(shard)
+      .guard(shard.lease(lease.id), ["revoking"], {
+        equals: { revokeRound: lease.revokeRound ?? null, revokeAttemptAt: lease.revokeAttemptAt ?? null },
+      })
+      .patch({ revokeAttemptAt: attempt.at, revokeAttemptBy: attempt.by })
       .zadd(shard.revokingLeases, lookAgainAtMs, lease.id);
   }
 
@@ -173,7 +205,7 @@ export class LeaseStates {
   retryLater(lease: Lease, attempts: number, retryAtMs: number): AtomicWrite {
     const shard = this.shardOf(lease.id);
     return this.guarded(lease, ["revoking"], true)
-      .patch({ revokeAttempts: attempts })
+      .patch({ revokeAttempts: attempts }, { unset: ATTEMPT_FIELDS })
       .zadd(shard.revokingLeases, retryAtMs, lease.id);
   }
 
@@ -181,7 +213,10 @@ export class LeaseStates {
   markFailed(lease: Lease, failure: { at: string; error: string }, retryAtMs: number): AtomicWrite {
     const shard = this.shardOf(lease.id);
     return this.guarded(lease, ["revoking"], true)
-      .patch({ status: "revoke_failed", revokeFailedAt: failure.at, lastError: failure.error })
+      .patch(
+        { status: "revoke_failed", revokeFailedAt: failure.at, lastError: failure.error },
+        { unset: ATTEMPT_FIELDS },
+      )
       .zrem(shard.revokingLeases, lease.id)
       .zadd(shard.failedLeases, retryAtMs, lease.id);
   }

@@ -41,6 +41,14 @@ export interface Lease {
   revokeRound?: number;
   /** Failed attempts in the current round (retried with backoff until `revocation.attempts`). */
   revokeAttempts?: number;
+  /**
+   * When a job took the attempt now under way to the adapter, and which job: other jobs leave
+   * the lease alone until it is `revocation.staleSeconds` old (its worker is then presumed
+   * dead); a re-run of the same job takes it over at once (BullMQ re-runs a job only once its
+   * worker lost the job's lock).
+   */
+  revokeAttemptAt?: string;
+  revokeAttemptBy?: string;
   /** When the lease was last renewed. */
   renewedAt?: string;
   /** When a resource server first asked about the credential (introspection). */

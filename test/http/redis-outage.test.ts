@@ -6,7 +6,11 @@ import express from "express";
 import supertest, { type Response } from "supertest";
 import { type EmbeddedRedis, freePort, startEmbeddedRedis } from "../../broker/embedded-redis.ts";
 import { errorMiddleware, sendError } from "../../broker/http/error-middleware.ts";
-import { failFastWhileRedisDown, RedisHealth } from "../../broker/http/redis-health.ts";
+import {
+  failFastWhileRedisDown,
+  isRedisConnectionError,
+  RedisHealth,
+} from "../../broker/http/redis-health.ts";
 import { createLogger } from "../../broker/logger.ts";
 import { connectRedis } from "../../broker/redis.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -186,5 +190,21 @@ describe("a request waiting on Redis when the connection drops", () => {
       queue.disconnect();
       await redis.stop();
     }
+  });
+});
+
+describe("telling a Redis connection failure from other errors", () => {
+  it("sees one inside a failed MULTI, and survives an error listed among its own previous errors", () => {
+    const closed = new Error("Connection is closed.");
+    const aborted = Object.assign(new Error("EXECABORT Transaction discarded"), { previousErrors: [closed] });
+    expect(isRedisConnectionError(aborted)).to.equal(true);
+    const looped = Object.assign(new Error("EXECABORT Transaction discarded"), {
+      previousErrors: [] as Error[],
+    });
+    looped.previousErrors.push(looped);
+    expect(isRedisConnectionError(looped)).to.equal(false);
+    looped.previousErrors.push(closed);
+    expect(isRedisConnectionError(looped)).to.equal(true);
+    expect(isRedisConnectionError(new Error("WRONGTYPE Operation against a key"))).to.equal(false);
   });
 });
