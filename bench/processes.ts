@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream } from "node:fs";
+import { closeSync, createWriteStream, openSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -66,32 +66,36 @@ export class BenchRun {
   }
 
   /**
-   * Starts `command`; stdout and stderr go to `<dir>/<name>-<n>.log`. With `ipc` the child
-   * gets a message channel (`process.send`), as `fork` would give it.
+   * Starts `command`; stdout and stderr go to `<dir>/<name>-<n>.log`, written by the child
+   * itself (this process is not in the path of a broker's log lines, whose cost would
+   * otherwise land on the machine twice), unless `capture` asks for stdout here too. With
+   * `ipc` the child gets a message channel (`process.send`), as `fork` would give it.
    */
   spawn(
     name: string,
     command: string,
     args: string[],
     env: Record<string, string> = {},
-    options: { ipc?: boolean } = {},
+    options: { ipc?: boolean; capture?: boolean } = {},
   ): BenchProcess {
     const logFile = join(this.dir, `${name}-${++this.#logCount}.log`);
-    const log = createWriteStream(logFile);
+    const fd = openSync(logFile, "a");
+    const output = options.capture ? "pipe" : fd;
     const child = spawn(command, args, {
       cwd: ROOT,
       env: { ...process.env, ...env },
-      stdio: options.ipc ? ["ignore", "pipe", "pipe", "ipc"] : ["ignore", "pipe", "pipe"],
+      stdio: options.ipc ? ["ignore", output, fd, "ipc"] : ["ignore", output, fd],
     });
-    child.stdout?.pipe(log, { end: false });
-    child.stderr?.pipe(log, { end: false });
+    closeSync(fd);
+    const log = options.capture ? createWriteStream(logFile, { flags: "a" }) : undefined;
+    if (log) child.stdout?.pipe(log, { end: false });
     const exited = new Promise<number | null>((resolve) => {
       child.once("exit", (code) => {
         this.#processes.delete(entry);
         resolve(code);
       });
       child.once("error", (error) => {
-        log.write(`spawn failed: ${error.message}\n`);
+        createWriteStream(logFile, { flags: "a" }).end(`spawn failed: ${error.message}\n`);
         this.#processes.delete(entry);
         resolve(-1);
       });
@@ -108,7 +112,7 @@ export class BenchRun {
     args: string[],
     env: Record<string, string> = {},
   ): Promise<T> {
-    const proc = this.spawn(name, command, args, env);
+    const proc = this.spawn(name, command, args, env, { capture: true });
     let out = "";
     proc.child.stdout?.on("data", (chunk: Buffer) => {
       out += chunk.toString();

@@ -42,11 +42,13 @@ export function createApp(broker: Broker): BrokerHttp {
   const logRequest = (req: IncomingMessage, res: ServerResponse, requestId: string) => {
     if (!logRequests) return;
     const started = process.hrtime.bigint();
+    // Read now: Express rewrites req.url for mounted routers while it routes.
+    const path = (req.url ?? "").split("?")[0]?.slice(0, 200);
     res.on("finish", () => {
       broker.logger.info("request", {
         requestId,
         method: req.method,
-        path: (req.url ?? "").split("?")[0]?.slice(0, 200),
+        path,
         status: res.statusCode,
         ms: Number(process.hrtime.bigint() - started) / 1e6,
       });

@@ -1,5 +1,6 @@
+import { writeSync } from "node:fs";
 import winston from "winston";
-import type Transport from "winston-transport";
+import Transport from "winston-transport";
 
 /** Field names whose values are never logged, at any depth. */
 const SECRET_FIELD =
@@ -38,8 +39,52 @@ const redactFormat = winston.format((info) => {
   return cleaned;
 });
 
+const MESSAGE = Symbol.for("message");
+
 /**
- * The broker's JSON logger. Every line passes through redaction, so a secret handed to it
+ * Standard output, written once per turn of the event loop: a busy broker logs a line per
+ * request, and a write per line is a system call and a wake-up of whatever reads the pipe.
+ * Lines from every logger share one buffer, so they stay in order. What is pending when the
+ * process exits — `process.exit`, a fatal error — is written synchronously first; only a
+ * SIGKILL can lose the lines of the current turn.
+ */
+const stdout = {
+  pending: [] as string[],
+  scheduled: false,
+  hooked: false,
+  take(): string {
+    this.scheduled = false;
+    const text = this.pending.join("");
+    this.pending = [];
+    return text;
+  },
+  add(line: string): void {
+    this.pending.push(line);
+    if (!this.hooked) {
+      this.hooked = true;
+      process.once("exit", () => {
+        const text = this.take();
+        if (text) writeSync(1, text);
+      });
+    }
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      const text = this.take();
+      if (text) process.stdout.write(text);
+    });
+  },
+};
+
+class StdoutLines extends Transport {
+  override log(info: Record<string | symbol, unknown>, callback: () => void): void {
+    stdout.add(`${info[MESSAGE] as string}\n`);
+    callback();
+  }
+}
+
+/**
+ * The broker's JSON logger, to standard output unless `transports` are given. Every line passes through redaction, so a secret handed to it
  * by mistake is masked rather than written.
  */
 export function createLogger(options: { level?: string; transports?: Transport[] } = {}): winston.Logger {
@@ -47,6 +92,6 @@ export function createLogger(options: { level?: string; transports?: Transport[]
     level: options.level ?? "info",
     format: winston.format.combine(redactFormat(), winston.format.timestamp(), winston.format.json()),
     defaultMeta: { service: "jitkey" },
-    transports: options.transports ?? [new winston.transports.Console()],
+    transports: options.transports ?? [new StdoutLines()],
   });
 }

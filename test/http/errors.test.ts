@@ -482,6 +482,19 @@ describe("HTTP errors: internal", () => {
     }
   });
 
+  it("logs one request line per request with the path the client asked for, on mounted routers too", async () => {
+    const res = await t.http.get("/v1/tasks?limit=1").set(bearer(t.operatorToken)).expect(200);
+    const requestId = res.headers["x-request-id"];
+    const line = await eventually(async () => {
+      const found = t.logs.lines.find(
+        (l) => l.includes(`"requestId":"${requestId}"`) && l.includes('"message":"request"'),
+      );
+      return found ? (JSON.parse(found) as { ms: unknown }) : undefined;
+    });
+    expect(line).to.include({ method: "GET", path: "/v1/tasks", status: 200 });
+    expect(line.ms).to.be.a("number");
+  });
+
   it("answers 503 unavailable with Retry-After and no detail when Redis is gone", async () => {
     t.broker.redis.disconnect();
     const res = await t.http.get("/v1/tasks").set(bearer(t.operatorToken));
