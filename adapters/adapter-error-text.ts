@@ -17,6 +17,7 @@ const TRANSIENT_NETWORK_CODES = new Set([
   "ERR_SOCKET_CONNECTION_TIMEOUT",
   "UND_ERR_CONNECT_TIMEOUT",
   "UND_ERR_SOCKET",
+  "ERR_NETWORK",
 ]);
 
 /** Whether `code` is a socket failure worth retrying. */

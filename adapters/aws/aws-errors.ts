@@ -1,3 +1,4 @@
+import { isTransientNetworkCode, redactSecrets } from "../adapter-error-text.ts";
 import { AdapterError } from "../types.ts";
 
 /**
@@ -21,20 +22,6 @@ const TRANSIENT_CODES = new Set([
   "ExpiredToken",
   "CredentialsProviderError",
   "IDPCommunicationError",
-]);
-
-/** Socket-level failures that say nothing about the request itself. */
-const TRANSIENT_NETWORK_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ERR_SOCKET_CONNECTION_TIMEOUT",
 ]);
 
 /** The longest AWS error text kept in a message; AWS texts are one sentence. */
@@ -68,10 +55,9 @@ function awsCode(error: SdkFailure): string {
   return (typeof error.name === "string" ? error.name : "Error").replace(/(.)Exception$/, "$1");
 }
 
-/** Replaces every known secret in `text`; AWS error texts may echo request data. */
+/** Replaces every known secret in `text` (AWS error texts may echo request data), then caps it. */
 function redact(text: string, secrets: readonly string[]): string {
-  let out = text;
-  for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join("[redacted]");
+  const out = redactSecrets(text, secrets);
   return out.length > MAX_TEXT ? `${out.slice(0, MAX_TEXT)}…` : out;
 }
 
@@ -85,7 +71,7 @@ export function toAwsError(error: unknown, action: string, secrets: readonly str
   if (error instanceof AdapterError) return error;
   const failure = (error ?? {}) as SdkFailure;
   const socketCode = typeof failure.code === "string" ? failure.code : undefined;
-  if (socketCode && TRANSIENT_NETWORK_CODES.has(socketCode)) {
+  if (isTransientNetworkCode(socketCode)) {
     return new AwsRequestError(`AWS ${action} failed: ${socketCode} (AWS unreachable)`, {
       permanent: false,
       code: socketCode,

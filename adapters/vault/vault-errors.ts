@@ -1,19 +1,5 @@
+import { isTransientNetworkCode, redactSecrets } from "../adapter-error-text.ts";
 import { AdapterError } from "../types.ts";
-
-/** Socket-level failures that say nothing about the request itself: worth retrying. */
-const TRANSIENT_NETWORK_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "ECONNABORTED",
-  "ETIMEDOUT",
-  "EPIPE",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ERR_SOCKET_CONNECTION_TIMEOUT",
-  "ERR_NETWORK",
-]);
 
 /** What node-vault rejects with when Vault answered with a status other than 200/204. */
 interface VaultResponseFailure {
@@ -76,13 +62,6 @@ export function isAlreadyGone(error: unknown): boolean {
   );
 }
 
-/** Replaces every known secret in `text`; error texts may echo request data. */
-export function redact(text: string, secrets: readonly string[]): string {
-  let out = text;
-  for (const secret of secrets) if (secret.length >= 4) out = out.split(secret).join("[redacted]");
-  return out;
-}
-
 /**
  * Maps a node-vault / axios failure to an {@link AdapterError}. 5xx, 429, 412 (Vault's
  * "not yet replicated"), timeouts and connection errors are transient; 403 and other 4xx are
@@ -93,7 +72,7 @@ export function toAdapterError(error: unknown, action: string, secrets: readonly
   if (error instanceof AdapterError) return error;
   const status = vaultStatus(error);
   if (status !== undefined) {
-    const vaultText = redact(vaultErrorText(error), secrets);
+    const vaultText = redactSecrets(vaultErrorText(error), secrets);
     const transient = status >= 500 || status === 429 || status === 412;
     return new VaultRequestError(`Vault ${action} failed (HTTP ${status}): ${vaultText || "no error text"}`, {
       permanent: !transient,
@@ -102,12 +81,14 @@ export function toAdapterError(error: unknown, action: string, secrets: readonly
     });
   }
   const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code === "string" && TRANSIENT_NETWORK_CODES.has(code)) {
+  if (isTransientNetworkCode(code)) {
     return new VaultRequestError(`Vault ${action} failed: ${code} (Vault unreachable or too slow)`, {
       permanent: false,
     });
   }
   const message = error instanceof Error ? error.message : String(error);
   // Anything else (a malformed answer, a client bug) may clear up on retry; keep it transient.
-  return new VaultRequestError(redact(`Vault ${action} failed: ${message}`, secrets), { permanent: false });
+  return new VaultRequestError(redactSecrets(`Vault ${action} failed: ${message}`, secrets), {
+    permanent: false,
+  });
 }

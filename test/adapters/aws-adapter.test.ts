@@ -1,11 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { createServer } from "node:net";
-import { Writable } from "node:stream";
 import { GetRolePolicyCommand, IAMClient } from "@aws-sdk/client-iam";
 import { GetCallerIdentityCommand, STSClient } from "@aws-sdk/client-sts";
 import { expect } from "chai";
 import type { Redis } from "ioredis";
-import winston from "winston";
 import { createAwsAdapter } from "../../adapters/aws/aws-adapter.ts";
 import type { AwsRequestError } from "../../adapters/aws/aws-errors.ts";
 import type {
@@ -14,12 +11,12 @@ import type {
   IssuedCredential,
   IssueRequest,
 } from "../../adapters/types.ts";
-import { AdapterError } from "../../adapters/types.ts";
 import { ManualClock } from "../../broker/clock.ts";
 import { RedisLocks } from "../../broker/locks.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import type { FakeAwsPrincipal, FakeStsSession } from "../fakes/aws-fake/fake-aws-server.ts";
 import { FakeAwsServer } from "../fakes/aws-fake/fake-aws-server.ts";
+import { capturingLogger, closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 import { deletePrefix, testRedis, uniquePrefix } from "../helpers/redis.ts";
 
@@ -37,23 +34,6 @@ const SCOPES = {
   admin: [{ Sid: "All", Effect: "Allow", Action: "s3:*", Resource: "*" }],
 };
 
-/** Captures log lines so tests can prove no secret is logged. */
-function capturingLogger(): { logger: winston.Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  const logger = winston.createLogger({
-    level: "debug",
-    format: winston.format.json(),
-    transports: [new winston.transports.Stream({ stream })],
-  });
-  return { logger, lines };
-}
-
 function issueRequest(
   clock: { now(): number },
   ttlSeconds = 60,
@@ -68,25 +48,6 @@ function issueRequest(
     expiresAt: new Date(Math.floor(clock.now() / 1000 + ttlSeconds) * 1000),
     ...extra,
   };
-}
-
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
-
-async function expectAdapterError(promise: Promise<unknown>): Promise<AwsRequestError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).to.be.instanceOf(AdapterError);
-    return error as AwsRequestError;
-  }
-  expect.fail("expected an AdapterError");
 }
 
 describe("aws adapter conformance", () => {
@@ -365,13 +326,15 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
     it("refuses a lease without scopes rather than hand out the role's full permissions", async () => {
       const adapter = awsAdapter();
       const mark = fake.requests.length;
-      const error = await expectAdapterError(adapter.issue(issueRequest(clock, 60, { scopes: [] })));
+      const error = await expectAdapterError<AwsRequestError>(
+        adapter.issue(issueRequest(clock, 60, { scopes: [] })),
+      );
       expect(error.permanent).to.equal(true);
       expect(fake.requests.length).to.equal(mark);
     });
 
     it("refuses a scope the resource's options do not configure, permanently", async () => {
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<AwsRequestError>(
         awsAdapter().issue(issueRequest(clock, 60, { scopes: ["delete"] })),
       );
       expect(error.permanent).to.equal(true);
@@ -691,7 +654,7 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
           },
         },
       );
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<AwsRequestError>(
         adapter.revoke({ leaseId: newTestLeaseId(), resource: RESOURCE }),
       );
       expect(error.permanent).to.equal(false);
@@ -741,12 +704,12 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
       const untrusted = awsAdapter({
         credentials: { accessKeyId: stranger.accessKeyId, secretAccessKey: stranger.secretAccessKey },
       });
-      expect(await expectAdapterError(untrusted.issue(issueRequest(clock)))).to.include({
+      expect(await expectAdapterError<AwsRequestError>(untrusted.issue(issueRequest(clock)))).to.include({
         permanent: true,
         code: "AccessDenied",
       });
       const tooLong = awsAdapter({ maxSessionDurationSeconds: 7200 });
-      expect(await expectAdapterError(tooLong.issue(issueRequest(clock, 5000)))).to.include({
+      expect(await expectAdapterError<AwsRequestError>(tooLong.issue(issueRequest(clock, 5000)))).to.include({
         permanent: true,
         code: "ValidationError",
       });
@@ -757,7 +720,7 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
       const adapter = awsAdapter({
         credentials: { accessKeyId: limited.accessKeyId, secretAccessKey: limited.secretAccessKey },
       });
-      const error = await expectAdapterError(
+      const error = await expectAdapterError<AwsRequestError>(
         adapter.revoke({ leaseId: newTestLeaseId(), resource: RESOURCE }),
       );
       expect(error).to.include({ permanent: true, code: "AccessDenied", status: 403 });
@@ -770,7 +733,7 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
         roleArn: trusting,
         credentials: { accessKeyId: untagged.accessKeyId, secretAccessKey: untagged.secretAccessKey },
       });
-      expect(await expectAdapterError(adapter.issue(issueRequest(clock)))).to.include({
+      expect(await expectAdapterError<AwsRequestError>(adapter.issue(issueRequest(clock)))).to.include({
         permanent: true,
         code: "AccessDenied",
       });
@@ -778,15 +741,17 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
 
     it("treats an unreachable endpoint and a timeout as transient", async () => {
       const down = awsAdapter({ endpoint: `http://127.0.0.1:${await closedPort()}` });
-      const refused = await expectAdapterError(down.issue(issueRequest(clock)));
+      const refused = await expectAdapterError<AwsRequestError>(down.issue(issueRequest(clock)));
       expect(refused).to.include({ permanent: false, code: "ECONNREFUSED" });
 
       fake.injectFault({ action: "AssumeRole", delayMs: 400 });
       const slow = awsAdapter({ requestTimeoutMs: 100 });
-      expect((await expectAdapterError(slow.issue(issueRequest(clock)))).permanent).to.equal(false);
+      expect((await expectAdapterError<AwsRequestError>(slow.issue(issueRequest(clock)))).permanent).to.equal(
+        false,
+      );
 
       fake.injectFault({ action: "PutRolePolicy", dropConnection: true });
-      const cut = await expectAdapterError(
+      const cut = await expectAdapterError<AwsRequestError>(
         awsAdapter().revoke({ leaseId: newTestLeaseId(), resource: RESOURCE }),
       );
       expect(cut.permanent).to.equal(false);
@@ -829,7 +794,7 @@ describe("aws adapter (fake STS and IAM, real AWS SDK clients)", () => {
         status: 400,
         message: `bad signature for ${broker.secretAccessKey}`,
       });
-      const error = await expectAdapterError(adapter.issue(issueRequest(clock)));
+      const error = await expectAdapterError<AwsRequestError>(adapter.issue(issueRequest(clock)));
       const secrets = [broker.secretAccessKey, ...issuedSecrets];
       expect(lines.join("\n")).to.include("denying every older session");
       for (const text of [error.message, String(error.cause ?? ""), lines.join("\n")]) {

@@ -1,15 +1,12 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
-import { createServer } from "node:net";
-import { Writable } from "node:stream";
 import { expect } from "chai";
 import NodeVault from "node-vault";
 import pg from "pg";
-import winston from "winston";
 import type { CredentialAdapter, IssuedCredential, IssueRequest } from "../../adapters/types.ts";
-import { AdapterError } from "../../adapters/types.ts";
 import { createVaultAdapter } from "../../adapters/vault/vault-adapter.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import { FakeVaultServer, jitkeyUsernameTemplate } from "../fakes/vault-fake/fake-vault-server.ts";
+import { capturingLogger, closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const POSTGRES_URL = process.env.JITKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -32,22 +29,6 @@ const BROKER_POLICY = [
   { path: "sys/leases/renew", capabilities: ["update"] },
   { path: "sys/leases/revoke", capabilities: ["update"] },
 ] as const;
-
-/** Captures log lines so tests can prove no secret is logged. */
-function capturingLogger(): { logger: winston.Logger; lines: string[] } {
-  const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  const logger = winston.createLogger({
-    format: winston.format.json(),
-    transports: [new winston.transports.Stream({ stream })],
-  });
-  return { logger, lines };
-}
 
 function vaultAdapter(
   options: Record<string, unknown>,
@@ -82,26 +63,7 @@ function scramVerifierMatches(verifier: string, password: string): boolean {
   return createHash("sha256").update(clientKey).digest("base64") === storedKey;
 }
 
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  if (!address || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function expectAdapterError(promise: Promise<unknown>): Promise<AdapterError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).to.be.instanceOf(AdapterError);
-    return error as AdapterError;
-  }
-  expect.fail("expected an AdapterError");
-}
 
 describe("vault adapter (fake Vault, real PostgreSQL)", () => {
   let fake: FakeVaultServer;

@@ -27,7 +27,7 @@ export async function closedPort(): Promise<number> {
   return address.port;
 }
 
-/** A JSON logger whose lines a test can search for secrets. */
+/** A JSON logger, debug lines included, whose lines a test can search for secrets. */
 export function capturingLogger(): { logger: winston.Logger; lines: string[] } {
   const lines: string[] = [];
   const stream = new Writable({
@@ -37,6 +37,7 @@ export function capturingLogger(): { logger: winston.Logger; lines: string[] } {
     },
   });
   const logger = winston.createLogger({
+    level: "debug",
     format: winston.format.json(),
     transports: [new winston.transports.Stream({ stream })],
   });
