@@ -109,6 +109,32 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     expect(JSON.parse(fields[1] ?? "{}")).to.include({ revoking: 2 });
   });
 
+  it("moves thousands of members in bulk, each from the first index that holds it, in the set's order", async () => {
+    const bulk = keys.shard(2);
+    const names = Array.from({ length: 2500 }, (_, n) => `m${String(n).padStart(4, "0")}`);
+    await redis.zadd(bulk.taskLeases("t4"), ...names.flatMap((name, n) => [n, name]));
+    const live = names.filter((_, n) => n % 2 === 0);
+    const failed = names.filter((_, n) => n % 5 === 1 || n % 10 === 0);
+    await redis.zadd(bulk.liveLeases, ...live.flatMap((name) => [1, name]));
+    await redis.zadd(bulk.failedLeases, ...failed.flatMap((name) => [2, name]));
+    const result = await writer.run(
+      new AtomicWrite(bulk).moveMembers(
+        bulk.taskLeases("t4"),
+        [bulk.liveLeases, bulk.failedLeases],
+        bulk.revokingLeases,
+        7,
+      ),
+    );
+    const expected = names.filter((name) => live.includes(name) || failed.includes(name));
+    expect(result.moved).to.deep.equal(expected);
+    expect(await redis.zcard(bulk.revokingLeases)).to.equal(expected.length);
+    expect(await redis.zcard(bulk.liveLeases)).to.equal(0);
+    // Members in both indexes left the first one only.
+    const inBoth = failed.filter((name) => live.includes(name));
+    expect(inBoth.length).to.be.above(0);
+    expect(await redis.zrange(bulk.failedLeases, 0, -1)).to.have.members(inBoth);
+  });
+
   it("refuses, before sending anything, a key of another shard: one write, one slot", () => {
     expect(() => new AtomicWrite(shard).zadd(keys.shard(2).liveLeases, 1, "x")).to.throw(/not in shard/);
   });
