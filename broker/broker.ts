@@ -38,7 +38,7 @@ import { PrincipalTokens } from "./operators/principal-tokens.ts";
 import type { PolicyEngine } from "./policy/policy-engine.ts";
 import { configFileSources, PolicyStore, pickSources } from "./policy/policy-store.ts";
 import { Quotas } from "./quotas/quotas.ts";
-import { connectRedis, hasRedisTarget, type RedisClient, RedisKeys } from "./redis.ts";
+import { connectRedis, hasRedisTarget, type RedisClient, RedisKeys, redisVersionProblem } from "./redis.ts";
 import { PublishedKeys } from "./signing/published-keys.ts";
 import { AtomicWriter } from "./store/atomic-write.ts";
 import { RecordStore } from "./store/record-store.ts";
@@ -129,7 +129,10 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
       generatedFile: join(resolve(config.data.dir), "signing-keys.json"),
       pemAlgorithm: config.signing.pemAlgorithm,
     });
-    await firstContact(redis, () => checkShardCount(redis, keys));
+    await firstContact(redis, async () => {
+      await checkRedisVersion(redis);
+      await checkShardCount(redis, keys);
+    });
     for (const [index, resource] of config.resources.entries()) {
       const context: AdapterContext = {
         resource: resource.name,
@@ -467,6 +470,17 @@ async function firstContact(redis: RedisClient, commands: () => Promise<void>): 
   } finally {
     redis.off("error", note);
   }
+}
+
+/** Refuses a Redis older than the broker needs, naming its version, before anything is written. */
+async function checkRedisVersion(redis: RedisClient): Promise<void> {
+  // A Redis whose ACL hides INFO is taken as it is; an old one fails at its first audit write.
+  const info = await redis.info("server").catch((error: Error) => {
+    if (/NOPERM|unknown command/i.test(error.message)) return "";
+    throw error;
+  });
+  const problem = redisVersionProblem(info);
+  if (problem) throw new ConfigError(problem);
 }
 
 /** The shard count is fixed for the life of the data: refuse to run with another one. */

@@ -104,6 +104,19 @@ export function subscriberOf(client: RedisClient, name: string): RedisClient {
   return client.duplicate({ connectionName: name, enableOfflineQueue: true });
 }
 
+/** The oldest Redis the broker runs on: audit streams are trimmed with `XADD ... MINID` (6.2). */
+export const MIN_REDIS_VERSION = [6, 2] as const;
+
+/** What is wrong with the Redis that `INFO server` describes, or undefined when it will do (or does not say). */
+export function redisVersionProblem(info: string): string | undefined {
+  const match = /^redis_version:(\d+)\.(\d+)/m.exec(info);
+  if (!match) return undefined;
+  const [major, minor] = [Number(match[1]), Number(match[2])];
+  const [needMajor, needMinor] = MIN_REDIS_VERSION;
+  if (major > needMajor || (major === needMajor && minor >= needMinor)) return undefined;
+  return `Redis ${major}.${minor} is too old: jitkey needs Redis ${needMajor}.${needMinor} or later`;
+}
+
 /**
  * Every Redis key the broker uses, in one place. Keys carry the tenant from the start.
  *

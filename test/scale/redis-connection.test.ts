@@ -5,12 +5,12 @@ import { join } from "node:path";
 import { expect } from "chai";
 import { Cluster, Redis } from "ioredis";
 import { applyEnvironment, ConfigError, parseConfig } from "../../broker/config.ts";
-import { connectRedis, type RedisClient } from "../../broker/redis.ts";
+import { connectRedis, type RedisClient, redisVersionProblem } from "../../broker/redis.ts";
 import { startTestBroker } from "../helpers/broker.ts";
 import { agentSession, createTask, leaseReaches, mintLease } from "../helpers/flows.ts";
 import { TestIssuer } from "../helpers/identity.ts";
 import { spawnBroker } from "../helpers/process.ts";
-import { uniquePrefix } from "../helpers/redis.ts";
+import { testRedis, uniquePrefix } from "../helpers/redis.ts";
 import { type LocalRedisTls, startRedisTls } from "../helpers/redis-cluster.ts";
 
 /** A minimal valid config with `redis` as given. */
@@ -224,5 +224,30 @@ describe("redis connection settings: one Redis, a Cluster or Sentinel", () => {
         await rm(dir, { recursive: true, force: true });
       }
     });
+  });
+});
+
+describe("the Redis version the broker needs", () => {
+  it("refuses Redis before 6.2 by name, and takes 6.2, 7.x, Valkey and an INFO that does not say", () => {
+    expect(redisVersionProblem("# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n")).to.equal(
+      "Redis 6.0 is too old: jitkey needs Redis 6.2 or later",
+    );
+    expect(redisVersionProblem("redis_version:5.0.7\r\n")).to.match(/Redis 5\.0 is too old/);
+    for (const fine of [
+      "redis_version:6.2.0\r\n",
+      "redis_version:7.0.15\r\n",
+      "redis_version:7.2.4\r\nserver_name:valkey\r\n",
+      "",
+    ])
+      expect(redisVersionProblem(fine)).to.equal(undefined);
+  });
+
+  it("lets a broker start on the Redis the tests run against", async () => {
+    const client = testRedis();
+    try {
+      expect(redisVersionProblem(await client.info("server"))).to.equal(undefined);
+    } finally {
+      client.disconnect();
+    }
   });
 });
