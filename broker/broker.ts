@@ -200,7 +200,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     clock,
   });
   const policy = policyStore.engine;
-  const queue = new RevocationQueue(queueConnection, keys.queuePrefix);
+  const queue = new RevocationQueue(queueConnection, keys.queuePrefix, logger);
   const states = new LeaseStates(keys, {
     staleMs: config.revocation.staleSeconds * 1000,
     retentionSeconds: config.retention.leaseRecordDays * 86_400,
@@ -338,7 +338,7 @@ export async function createBroker(config: Config, options: BrokerOptions = {}):
     logger,
     staleMs: config.revocation.staleSeconds * 1000,
   });
-  const deliveries = notificationQueue(queueConnection, keys.queuePrefix, config.notifications);
+  const deliveries = notificationQueue(queueConnection, keys.queuePrefix, config.notifications, logger);
   const notifications = new NotificationDispatcher({
     redis,
     keys,

@@ -10,6 +10,7 @@ import { notificationName } from "../broker/events/live-events.ts";
 import type { Metrics } from "../broker/metrics.ts";
 import { sendWebhook, WebhookDeliveryError } from "../broker/notifications/webhook-sender.ts";
 import type { RedisKeys, ShardKeys } from "../broker/redis.ts";
+import { reportQueueErrors } from "./queues.ts";
 
 /** Webhook deliveries: their own queue, so a slow receiver never delays a revocation. */
 export const NOTIFICATION_QUEUE = "notifications";
@@ -150,8 +151,9 @@ export function notificationQueue(
   connection: Redis | Cluster,
   prefix: string,
   notifications: Config["notifications"],
+  logger?: Logger,
 ): Queue<Delivery> {
-  return new Queue<Delivery>(NOTIFICATION_QUEUE, {
+  const queue = new Queue<Delivery>(NOTIFICATION_QUEUE, {
     connection,
     prefix,
     defaultJobOptions: {
@@ -161,6 +163,8 @@ export function notificationQueue(
       removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
     },
   });
+  reportQueueErrors(queue, logger);
+  return queue;
 }
 
 /** Delivers webhook jobs; a receiver's 4xx (but 408/429) is final, anything else is retried. */

@@ -1,5 +1,7 @@
 import { type Job, type JobsOptions, Queue } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
+import type { Logger } from "winston";
+import { isRedisConnectionError } from "../broker/http/redis-health.ts";
 
 /** The one queue that carries every revocation-path job. */
 export const REVOCATION_QUEUE = "revocation";
@@ -31,6 +33,18 @@ export function isJob<N extends JobName>(
 }
 
 /**
+ * Gives a queue an error listener. Without one BullMQ prints every failed reconnect to stderr
+ * as a raw multi-line dump; a lost connection is already reported once per outage (RedisHealth),
+ * and a command that fails rejects to its caller, so only other errors are logged here.
+ */
+export function reportQueueErrors(queue: Queue, logger: Logger | undefined): void {
+  queue.on("error", (error: Error) => {
+    if (!isRedisConnectionError(error))
+      logger?.warn("queue error", { queue: queue.name, error: error.message });
+  });
+}
+
+/**
  * Adds revocation-path jobs. Retries of a lease's revocation are scheduled through the due
  * indexes (see `jobs/due-sweeper.ts`), so a job's own retries only cover Redis hiccups.
  */
@@ -44,8 +58,9 @@ export class RevocationQueue {
     removeOnFail: { age: 7 * 24 * 3600, count: 10_000 },
   };
 
-  constructor(connection: Redis | Cluster, prefix: string) {
+  constructor(connection: Redis | Cluster, prefix: string, logger?: Logger) {
     this.queue = new Queue<JobData, unknown, JobName>(REVOCATION_QUEUE, { connection, prefix });
+    reportQueueErrors(this.queue, logger);
   }
 
   /** Enqueues the settling of leases, in jobs of at most {@link IDS_PER_JOB}, in one round trip. */

@@ -13,7 +13,7 @@ import {
 } from "../../broker/http/redis-health.ts";
 import { createLogger } from "../../broker/logger.ts";
 import { connectRedis } from "../../broker/redis.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { CapturedLogs, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { eventually } from "../helpers/redis.ts";
 
 /** Times a request; a request that hangs fails the test after `timeoutMs` instead. */
@@ -164,14 +164,17 @@ describe("a request waiting on Redis when the connection drops", () => {
     const redis = await startEmbeddedRedis(dir, { port: await freePort() });
     // A queue connection waits for Redis forever, as BullMQ needs: what an enqueue runs on.
     const queue = connectRedis(redis.url, { forQueues: true });
-    const health = new RedisHealth({ queue }, createLogger({ level: "error", transports: [] }));
+    const health = new RedisHealth(
+      { queue },
+      createLogger({ level: "error", transports: [new CapturedLogs()] }),
+    );
     const app = express();
     app.use("/v1", failFastWhileRedisDown(health, sendError));
     app.get("/v1/stuck", async (_req, res) => {
       // Blocks until Redis answers, which it never does once killed.
       res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
     });
-    app.use(errorMiddleware(createLogger({ level: "error", transports: [] }), health));
+    app.use(errorMiddleware(createLogger({ level: "error", transports: [new CapturedLogs()] }), health));
     try {
       await queue.ping();
       const pending = timed(supertest(app).get("/v1/stuck").timeout(10_000));
