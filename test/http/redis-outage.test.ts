@@ -76,7 +76,11 @@ describe("Redis killed (SIGKILL) and restarted from its AOF under a live broker"
       .expect(201);
     expect(broker.recording.revokeCalls).to.equal(0);
 
-    // SIGKILL: no shutdown, nothing flushed beyond what the AOF already holds.
+    // SIGKILL: no shutdown, nothing flushed beyond what the AOF already holds. Whatever the
+    // outage prints straight to stderr (not through the logger) is caught: it should be nothing.
+    const printed: string[] = [];
+    const consoleError = console.error;
+    console.error = (...args: unknown[]) => void printed.push(args.map(String).join(" "));
     const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
     process.kill(pid, "SIGKILL");
     await eventually(async () => (await broker.http.get("/readyz")).status === 503, 5_000);
@@ -142,6 +146,9 @@ describe("Redis killed (SIGKILL) and restarted from its AOF under a live broker"
         id,
       ).to.have.length(1);
     }
+
+    console.error = consoleError;
+    expect(printed, "raw output during the outage").to.deep.equal([]);
 
     // And the broker works again without a restart.
     const again = await broker.http.post("/v1/tasks").set(agent).send(task).expect(201);
