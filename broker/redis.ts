@@ -1,4 +1,4 @@
-import { Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
+import { type ChainableCommander, Cluster, type ClusterOptions, Redis, type RedisOptions } from "ioredis";
 import type { Config } from "./config.ts";
 import { DEFAULT_TENANT, shardOfId, shardOfText } from "./ids.ts";
 
@@ -102,6 +102,35 @@ export function subscriberOf(client: RedisClient, name: string): RedisClient {
       redisOptions: { ...client.options.redisOptions, connectionName: name },
     });
   return client.duplicate({ connectionName: name, enableOfflineQueue: true });
+}
+
+/** A reply per command, in order, as a pipeline's `exec` gives them. */
+export type CommandReplies = [Error | null, unknown][];
+
+/**
+ * Sends `send(target, item)` for every item and returns each command's `[error, reply]`, in
+ * order. On a single Redis that is one pipeline (one round trip). On a Cluster the commands go
+ * out singly, all at once: while a master is down, ioredis can hold a Cluster pipeline (or a
+ * MULTI) seconds past the command timeout, where a single command fails in time, as a 503.
+ */
+export async function sendEach<I>(
+  client: RedisClient,
+  items: readonly I[],
+  send: (target: RedisClient | ChainableCommander, item: I) => unknown,
+): Promise<CommandReplies> {
+  if (items.length === 0) return [];
+  if (client instanceof Cluster)
+    return Promise.all(
+      items.map((item) =>
+        (send(client, item) as Promise<unknown>).then(
+          (reply): [null, unknown] => [null, reply],
+          (error: Error): [Error, null] => [error, null],
+        ),
+      ),
+    );
+  const pipeline = client.pipeline();
+  for (const item of items) send(pipeline, item);
+  return ((await pipeline.exec()) ?? []) as CommandReplies;
 }
 
 /** The oldest Redis the broker runs on: audit streams are trimmed with `XADD ... MINID` (6.2). */

@@ -4,7 +4,7 @@ import type { Logger } from "winston";
 import type { Clock } from "../clock.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { redact } from "../logger.ts";
-import type { RedisKeys, ShardKeys } from "../redis.ts";
+import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
 
 export const AUDIT_EVENT_TYPES = [
@@ -242,9 +242,9 @@ export class AuditLog {
           (id) => !after || compare(positionOf(id, shard.index), after) > 0,
         );
         if (ids.length === 0) return [];
-        const pipeline = this.deps.redis.pipeline();
-        for (const id of ids) pipeline.xrange(shard.audit, id, id);
-        const replies = (await pipeline.exec()) ?? [];
+        const replies = await sendEach(this.deps.redis, ids, (target, id) =>
+          (target as Redis).xrange(shard.audit, id, id),
+        );
         return replies.flatMap(([error, entries]) =>
           error ? [] : toEvents(entries as [string, string[]][], shard.index),
         );

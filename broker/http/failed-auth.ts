@@ -5,7 +5,7 @@ import { RateLimitedError } from "../errors.ts";
 import { digestOf, type IdentityRejectedError } from "../identity/agent-verifier.ts";
 import type { Metrics } from "../metrics.ts";
 import type { RedisClient, RedisKeys } from "../redis.ts";
-import type { LimitState, SlidingWindowLimiter } from "./rate-limiter.ts";
+import { countInWindow, type LimitState, type SlidingWindowLimiter } from "./rate-limiter.ts";
 
 /** The longest any string taken from a request may be in an audit event. */
 const FIELD_CAP = 200;
@@ -103,13 +103,12 @@ export class FailedAuthLimit {
     const window = Math.floor(clock.now() / SUMMARY_WINDOW_MS);
     const bucket = `{auth-summary:${digestOf(caller.address)}}`;
     const current = keys.rateLimit(bucket, window);
-    const replies = await redis
-      .multi()
-      .incr(current)
-      .pexpire(current, SUMMARY_WINDOW_MS * 2)
-      .get(keys.rateLimit(bucket, window - 1))
-      .exec();
-    const [[, count], , [, previous]] = replies as [[null, number], unknown, [null, string | null]];
+    const { count, previous } = await countInWindow(
+      redis,
+      current,
+      keys.rateLimit(bucket, window - 1),
+      SUMMARY_WINDOW_MS * 2,
+    );
     if (count !== 1) return;
     await audit.record({
       type: "identity_rejected_summary",
@@ -118,7 +117,7 @@ export class FailedAuthLimit {
       reason:
         "failed-auth limit reached: further rejections from this address this minute are counted, not recorded",
       windowStart: new Date(window * SUMMARY_WINDOW_MS).toISOString(),
-      unrecordedLastMinute: Number(previous ?? 0),
+      unrecordedLastMinute: previous,
       route: caller.route(),
     });
   }

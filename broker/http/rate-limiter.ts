@@ -1,6 +1,34 @@
 import type { Clock } from "../clock.ts";
 import type { RedisClient, RedisKeys } from "../redis.ts";
 
+const COUNT_SCRIPT = `
+local count = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {count, redis.call('GET', KEYS[2])}
+`;
+
+type CountingClient = RedisClient & {
+  jitkeyCountWindow(current: string, previous: string, ttlMs: number): Promise<[number, string | null]>;
+};
+
+/**
+ * Counts one event in the window `current` (kept `ttlMs`) and reads the window before it, in one
+ * script call. The two keys must share a hash slot. One command rather than a MULTI: on a Redis
+ * Cluster whose master stopped answering, ioredis could retry a MULTI without end, while a
+ * single command fails after the command timeout like any other (a 503).
+ */
+export async function countInWindow(
+  redis: RedisClient,
+  current: string,
+  previous: string,
+  ttlMs: number,
+): Promise<{ count: number; previous: number }> {
+  if (!("jitkeyCountWindow" in redis))
+    redis.defineCommand("jitkeyCountWindow", { numberOfKeys: 2, lua: COUNT_SCRIPT });
+  const [count, before] = await (redis as CountingClient).jitkeyCountWindow(current, previous, ttlMs);
+  return { count: Number(count), previous: Number(before ?? 0) };
+}
+
 /** Where a bucket stands against its limit. */
 export interface LimitState {
   /** Events in the sliding window, estimated (see {@link SlidingWindowLimiter}). */
@@ -32,14 +60,13 @@ export class SlidingWindowLimiter {
   async hit(bucket: string, limit: number): Promise<LimitState> {
     const at = this.position();
     const current = this.key(bucket, at.window);
-    const replies = await this.redis
-      .multi()
-      .incr(current)
-      .pexpire(current, this.windowMs * 2)
-      .get(this.key(bucket, at.window - 1))
-      .exec();
-    const [[, count], , [, previous]] = replies as [[null, number], unknown, [null, string | null]];
-    return this.state(count, Number(previous ?? 0), limit, at.elapsed);
+    const { count, previous } = await countInWindow(
+      this.redis,
+      current,
+      this.key(bucket, at.window - 1),
+      this.windowMs * 2,
+    );
+    return this.state(count, previous, limit, at.elapsed);
   }
 
   /** Where `bucket` stands, without counting anything. */

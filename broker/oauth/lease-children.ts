@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from "ioredis";
-import type { RedisKeys, ShardKeys } from "../redis.ts";
+import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 
 /**
  * Reads the children index (`lease-children:<id>`, written with each delegated lease): the
@@ -17,9 +17,9 @@ export function leaseChildrenReader(
     }
     const lists = await Promise.all(
       [...byShard].map(async ([shard, ids]) => {
-        const pipeline = redis.pipeline();
-        for (const id of ids) pipeline.zrange(shard.leaseChildren(id), 0, -1);
-        const replies = (await pipeline.exec()) ?? [];
+        const replies = await sendEach(redis, ids, (target, id) =>
+          (target as Redis).zrange(shard.leaseChildren(id), 0, -1),
+        );
         return replies.flatMap(([error, children]) => {
           if (error) throw error;
           return children as string[];

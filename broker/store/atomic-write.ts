@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from "ioredis";
-import type { ShardKeys } from "../redis.ts";
+import { type ShardKeys, sendEach } from "../redis.ts";
 
 /**
  * One atomic change to one shard: guards on records, a new record or a patch of the guarded
@@ -320,7 +320,7 @@ export class AtomicWriter {
   async runAll(writes: readonly AtomicWrite[]): Promise<AtomicResult[]> {
     if (writes.length === 0) return [];
     if (writes.length === 1) return [await this.run(writes[0] as AtomicWrite)];
-    // Redis Cluster pipelines must stay in one slot: one pipeline per shard.
+    // Redis Cluster pipelines must stay in one slot: one batch per shard.
     const byShard = new Map<number, number[]>();
     writes.forEach((write, at) => {
       const list = byShard.get(write.shard.index) ?? [];
@@ -330,11 +330,9 @@ export class AtomicWriter {
     const results: AtomicResult[] = new Array(writes.length);
     await Promise.all(
       [...byShard.values()].map(async (positions) => {
-        const pipeline = this.redis.pipeline() as ReturnType<Redis["pipeline"]> & {
-          jitkeyAtomicWrite(...args: string[]): unknown;
-        };
-        for (const at of positions) pipeline.jitkeyAtomicWrite(...this.args(writes[at] as AtomicWrite));
-        const replies = (await pipeline.exec()) ?? [];
+        const replies = await sendEach(this.redis, positions, (target, at) =>
+          (target as Client).jitkeyAtomicWrite(...this.args(writes[at] as AtomicWrite)),
+        );
         positions.forEach((at, i) => {
           const [error, reply] = replies[i] ?? [new Error("no reply"), null];
           if (error) throw error;
