@@ -2,6 +2,7 @@ import { randomInt } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
 import type { Logger } from "winston";
 import type { Clock } from "../clock.ts";
+import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { redact } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
@@ -36,17 +37,26 @@ export const AUDIT_EVENT_TYPES = [
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 
-/** Types also published on the live events channel, for clients waiting on them. */
-const LIVE_TYPES: ReadonlySet<AuditEventType> = new Set([
-  "task_created",
-  "task_approved",
-  "task_denied",
-  "task_completed",
-  "task_expired",
-  "task_revoked",
-  "lease_revoked",
-  "lease_revoke_failed",
-]);
+/**
+ * The notification name of an audit event, if clients may wait for it: a task created
+ * `pending` is `task_pending`; decisions, task endings and revocation outcomes keep their type.
+ */
+export function notificationName(event: { type: string; status?: unknown }): NotificationEvent | undefined {
+  switch (event.type) {
+    case "task_created":
+      return event.status === "pending" ? "task_pending" : undefined;
+    case "task_approved":
+    case "task_denied":
+    case "task_completed":
+    case "task_expired":
+    case "task_revoked":
+    case "lease_revoked":
+    case "lease_revoke_failed":
+      return event.type;
+    default:
+      return undefined;
+  }
+}
 
 /** What a caller records; the log adds `id` and `at`. Never holds a secret. */
 export interface AuditInput {
@@ -160,7 +170,10 @@ export class AuditLog {
     const indexKeys: string[] = [];
     if (input.taskId) indexKeys.push(shard.auditOfTask(input.taskId));
     if (input.agentId) indexKeys.push(shard.auditOfAgent(input.agentId));
-    write.event({ json: JSON.stringify(body), indexKeys, publish: LIVE_TYPES.has(input.type) }, options);
+    write.event(
+      { json: JSON.stringify(body), indexKeys, publish: notificationName(input) !== undefined },
+      options,
+    );
     const logs = pendingLogs.get(write) ?? [];
     logs.push(body);
     pendingLogs.set(write, logs);

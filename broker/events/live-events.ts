@@ -1,5 +1,5 @@
 import type { Logger } from "winston";
-import { type AuditEvent, publicEventId } from "../audit/audit-log.ts";
+import { type AuditEvent, notificationName, publicEventId } from "../audit/audit-log.ts";
 import type { NotificationEvent } from "../config.ts";
 import { type RedisClient, subscriberOf } from "../redis.ts";
 
@@ -7,27 +7,6 @@ import { type RedisClient, subscriberOf } from "../redis.ts";
 export interface LiveEvent {
   readonly name: NotificationEvent;
   readonly event: AuditEvent;
-}
-
-/**
- * The notification name of an audit event, if clients may wait for it: a task created
- * `pending` is `task_pending`; decisions, task endings and revocation outcomes keep their type.
- */
-export function notificationName(event: { type: string; status?: unknown }): NotificationEvent | undefined {
-  switch (event.type) {
-    case "task_created":
-      return event.status === "pending" ? "task_pending" : undefined;
-    case "task_approved":
-    case "task_denied":
-    case "task_completed":
-    case "task_expired":
-    case "task_revoked":
-    case "lease_revoked":
-    case "lease_revoke_failed":
-      return event.type;
-    default:
-      return undefined;
-  }
 }
 
 type Listener = (event: LiveEvent) => void;

@@ -1,8 +1,9 @@
 import { Router } from "express";
 import { exportAudit } from "../audit/audit-export.ts";
+import { notificationName } from "../audit/audit-log.ts";
 import type { Broker } from "../broker.ts";
 import type { NotificationEvent } from "../config.ts";
-import { type LiveEvent, notificationName } from "../events/live-events.ts";
+import type { LiveEvent } from "../events/live-events.ts";
 import type { Authenticator } from "./auth.ts";
 import { AuditListQuery, DevAgentTokenBody, EventsQuery } from "./schemas.ts";
 import { validate } from "./validate.ts";
