@@ -205,7 +205,7 @@ export interface AdapterContext {
   /** Broker-held signing keys, for adapters that sign credentials themselves. */
   readonly signingKeys: import("./jwt/signing-keys.ts").SigningKeyring;
   /** Structured logger; never pass it a secret. */
-  readonly logger: import("winston").Logger;
+  readonly logger: import("../broker/logger.ts").Logger;
   /** The broker's clock: adapters read "now" here, never from `Date.now()`, so tests can move it. */
   readonly clock: import("../broker/clock.ts").Clock;
   /** Cross-process locks, for backends whose revocation is a read-modify-write. */

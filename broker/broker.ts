@@ -1,6 +1,5 @@
 import { dirname, join, resolve } from "node:path";
 import type { Worker } from "bullmq";
-import type { Logger } from "winston";
 import { ZodError } from "zod";
 import { SigningKeyring } from "../adapters/jwt/signing-keys.ts";
 import { adapterLoaders } from "../adapters/registry.ts";
@@ -29,7 +28,7 @@ import { LeaseStates } from "./leases/lease-states.ts";
 import { PolicyRecheck } from "./leases/policy-recheck.ts";
 import { RevocationService } from "./leases/revocation-service.ts";
 import { RedisLocks } from "./locks.ts";
-import { createLogger } from "./logger.ts";
+import { createLogger, type Logger } from "./logger.ts";
 import { Metrics } from "./metrics.ts";
 import { DpopVerifier } from "./oauth/dpop.ts";
 import { leaseChildrenReader } from "./oauth/lease-children.ts";

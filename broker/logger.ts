@@ -1,6 +1,4 @@
-import { writeSync } from "node:fs";
-import winston from "winston";
-import Transport from "winston-transport";
+import pino from "pino";
 
 /** Field names whose values are never logged, at any depth. */
 const SECRET_FIELD =
@@ -29,69 +27,62 @@ export function redact(value: unknown, depth = 0): unknown {
   return value;
 }
 
-const redactFormat = winston.format((info) => {
-  const cleaned = redact({ ...info }) as winston.Logform.TransformableInfo;
-  for (const symbol of Object.getOwnPropertySymbols(info)) {
-    (cleaned as unknown as Record<symbol, unknown>)[symbol] = (info as unknown as Record<symbol, unknown>)[
-      symbol
-    ];
-  }
-  return cleaned;
-});
+/** The levels the broker logs at (config `log.level`), most severe first. */
+export type LogLevel = "error" | "warn" | "info" | "debug";
 
-const MESSAGE = Symbol.for("message");
+type Fields = Record<string, unknown>;
 
-/**
- * Standard output, written once per turn of the event loop: a busy broker logs a line per
- * request, and a write per line is a system call and a wake-up of whatever reads the pipe.
- * Lines from every logger share one buffer, so they stay in order. What is pending when the
- * process exits — `process.exit`, a fatal error — is written synchronously first; only a
- * SIGKILL can lose the lines of the current turn.
- */
-const stdout = {
-  pending: [] as string[],
-  scheduled: false,
-  hooked: false,
-  take(): string {
-    this.scheduled = false;
-    const text = this.pending.join("");
-    this.pending = [];
-    return text;
-  },
-  add(line: string): void {
-    this.pending.push(line);
-    if (!this.hooked) {
-      this.hooked = true;
-      process.once("exit", () => {
-        const text = this.take();
-        if (text) writeSync(1, text);
-      });
-    }
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      const text = this.take();
-      if (text) process.stdout.write(text);
-    });
-  },
-};
+/** The broker's logger: a message and, optionally, fields, one JSON object per line. */
+export interface Logger {
+  error(message: string, fields?: Fields): void;
+  warn(message: string, fields?: Fields): void;
+  info(message: string, fields?: Fields): void;
+  debug(message: string, fields?: Fields): void;
+  isLevelEnabled(level: LogLevel): boolean;
+}
 
-class StdoutLines extends Transport {
-  override log(info: Record<string | symbol, unknown>, callback: () => void): void {
-    stdout.add(`${info[MESSAGE] as string}\n`);
-    callback();
-  }
+/** Where a logger's lines go: each call of `write` gets one line, newline included. */
+export interface LogSink {
+  write(line: string): unknown;
 }
 
 /**
- * The broker's JSON logger, to standard output unless `transports` are given. Every line passes through redaction, so a secret handed to it
- * by mistake is masked rather than written.
+ * Standard output, shared by every logger of the process so that their lines stay in order.
+ * Written asynchronously (lines logged while a write is under way go out together in the
+ * next one: a busy broker logs a line per request, and a write per line would be a system
+ * call each); what is pending when the process exits is written synchronously first, so
+ * only a SIGKILL can lose the lines of the moment.
  */
-export function createLogger(options: { level?: string; transports?: Transport[] } = {}): winston.Logger {
-  return winston.createLogger({
-    level: options.level ?? "info",
-    format: winston.format.combine(redactFormat(), winston.format.timestamp(), winston.format.json()),
-    defaultMeta: { service: "jitkey" },
-    transports: options.transports ?? [new StdoutLines()],
-  });
+let stdout: pino.DestinationStream | undefined;
+
+/**
+ * The broker's JSON logger (pino), to standard output unless a `sink` is given. Every message
+ * and field passes through {@link redact} first, so a secret handed to it by mistake is masked
+ * rather than written.
+ */
+export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {}): Logger {
+  stdout ??= options.sink ? undefined : pino.destination({ dest: 1, sync: false });
+  const lines = pino(
+    {
+      level: options.level ?? "info",
+      messageKey: "message",
+      base: { service: "jitkey" },
+      timestamp: () => `,"timestamp":"${new Date().toISOString()}"`,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    (options.sink ?? stdout) as pino.DestinationStream,
+  );
+  const at =
+    (level: LogLevel) =>
+    (message: string, fields?: Fields): void => {
+      if (!lines.isLevelEnabled(level)) return;
+      lines[level](fields ? (redact(fields) as Fields) : {}, redact(message) as string);
+    };
+  return {
+    error: at("error"),
+    warn: at("warn"),
+    info: at("info"),
+    debug: at("debug"),
+    isLevelEnabled: (level) => lines.isLevelEnabled(level),
+  };
 }

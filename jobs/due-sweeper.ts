@@ -1,6 +1,6 @@
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { Clock } from "../broker/clock.ts";
+import type { Logger } from "../broker/logger.ts";
 import type { RedisKeys, ShardKeys } from "../broker/redis.ts";
 import type { RevocationQueue } from "./queues.ts";
 

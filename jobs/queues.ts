@@ -1,7 +1,7 @@
 import { type Job, type JobsOptions, Queue } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import { isRedisConnectionError } from "../broker/http/redis-health.ts";
+import type { Logger } from "../broker/logger.ts";
 
 /** The one queue that carries every revocation-path job. */
 export const REVOCATION_QUEUE = "revocation";

@@ -1,9 +1,9 @@
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { CredentialAdapter } from "../adapters/types.ts";
 import type { AuditLog } from "../broker/audit/audit-log.ts";
 import type { Clock } from "../broker/clock.ts";
 import type { Config } from "../broker/config.ts";
+import type { Logger } from "../broker/logger.ts";
 import type { Metrics } from "../broker/metrics.ts";
 import type { RedisKeys } from "../broker/redis.ts";
 

@@ -1,8 +1,8 @@
 import { UnrecoverableError, Worker } from "bullmq";
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { AuditSealer } from "../broker/audit/audit-seal.ts";
 import type { LeaseRevoker } from "../broker/leases/lease-revoker.ts";
+import type { Logger } from "../broker/logger.ts";
 import type { TaskService } from "../broker/tasks/task-service.ts";
 import { isJob, type JobData, type JobName, REVOCATION_QUEUE, type RevocationJob } from "./queues.ts";
 import type { Reconciler } from "./reconciler.ts";

@@ -1,5 +1,5 @@
 import NodeVault from "node-vault";
-import type { Logger } from "winston";
+import type { Logger } from "../../broker/logger.ts";
 import { AdapterError } from "../types.ts";
 import { toAdapterError, vaultStatus } from "./vault-errors.ts";
 

@@ -1,9 +1,9 @@
 import { randomInt } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { Clock } from "../clock.ts";
 import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
 import { redact } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";

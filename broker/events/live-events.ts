@@ -1,6 +1,6 @@
-import type { Logger } from "winston";
 import { type AuditEvent, notificationName, publicEventId } from "../audit/audit-log.ts";
 import type { NotificationEvent } from "../config.ts";
+import type { Logger } from "../logger.ts";
 import { type RedisClient, subscriberOf } from "../redis.ts";
 
 /** A task or lease event as clients see it: its notification name and the audit event. */

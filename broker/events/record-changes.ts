@@ -1,4 +1,4 @@
-import type { Logger } from "winston";
+import type { Logger } from "../logger.ts";
 import { type RedisClient, subscriberOf } from "../redis.ts";
 
 /** A listener for changed records: the key of each, or `undefined` when changes may have been missed. */

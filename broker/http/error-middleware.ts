@@ -1,7 +1,7 @@
 import type { ServerResponse } from "node:http";
 import type { ErrorRequestHandler, RequestHandler, Response } from "express";
-import type { Logger } from "winston";
 import { InvalidRequestError, JitkeyError, NotFoundError, UnavailableError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
 import { isRedisConnectionError, type RedisHealth } from "./redis-health.ts";
 
 /** Unknown routes answer `not_found` in the error shape. */

@@ -1,6 +1,6 @@
 import type { RequestHandler, Response } from "express";
-import type { Logger } from "winston";
 import { UnavailableError } from "../errors.ts";
+import type { Logger } from "../logger.ts";
 import type { RedisClient } from "../redis.ts";
 
 /** ioredis's ways of saying a command never reached Redis or never came back. */

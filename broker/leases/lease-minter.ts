@@ -1,4 +1,3 @@
-import type { Logger } from "winston";
 import { AdapterError, type CredentialAdapter, type IssuedCredential } from "../../adapters/types.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
@@ -16,6 +15,7 @@ import {
 } from "../errors.ts";
 import { type AgentPrincipal, actorOf } from "../identity/principal.ts";
 import { newId } from "../ids.ts";
+import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
 import { credentialClaims } from "../oauth/credential-claims.ts";
 import type { LeaseDecision, PolicyEngine } from "../policy/policy-engine.ts";

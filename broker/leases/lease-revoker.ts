@@ -1,9 +1,9 @@
-import type { Logger } from "winston";
 import { AdapterError, type CredentialAdapter, type IssuedCredential } from "../../adapters/types.ts";
 import type { RevocationQueue } from "../../jobs/queues.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import type { Config } from "../config.ts";
+import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
 import type { AtomicWrite } from "../store/atomic-write.ts";
 import type { RecordStore } from "../store/record-store.ts";

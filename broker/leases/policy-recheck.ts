@@ -1,6 +1,6 @@
 import type { Cluster, Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { Clock } from "../clock.ts";
+import type { Logger } from "../logger.ts";
 import type { PolicyEngine } from "../policy/policy-engine.ts";
 import type { RedisKeys } from "../redis.ts";
 import type { RecordStore } from "../store/record-store.ts";

@@ -29,7 +29,7 @@ export interface PolicyReloadEvent {
 
 export type PolicyReloadListener = (event: PolicyReloadEvent) => void | Promise<void>;
 
-/** What the store logs through; the broker's winston logger fits. */
+/** What the store logs through; the broker's logger fits. */
 export interface PolicyLogger {
   info(message: string, meta?: Record<string, unknown>): unknown;
   warn(message: string, meta?: Record<string, unknown>): unknown;

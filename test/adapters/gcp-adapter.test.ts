@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { expect } from "chai";
 import { OAuth2Client } from "google-auth-library";
-import type winston from "winston";
 import { ZodError } from "zod";
 import { createGcpAdapter } from "../../adapters/gcp/gcp-adapter.ts";
 import type { GcpAdapterError } from "../../adapters/gcp/gcp-errors.ts";
 import type { CredentialAdapter, IssueRequest } from "../../adapters/types.ts";
 import { type Clock, ManualClock } from "../../broker/clock.ts";
+import type { Logger } from "../../broker/logger.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import { FakeGcpServer } from "../fakes/gcp-fake/fake-gcp-server.ts";
 import { capturingLogger, closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
@@ -64,7 +64,7 @@ describe("gcp adapter (fake IAM Credentials and STS, real Google client)", () =>
 
   const gcpAdapter = (
     extra: Record<string, unknown> = {},
-    options: { clock?: Clock; token?: string; logger?: winston.Logger } = {},
+    options: { clock?: Clock; token?: string; logger?: Logger } = {},
   ) => {
     const created = createGcpAdapter(
       {

@@ -1,8 +1,7 @@
 import { createServer } from "node:net";
-import { Writable } from "node:stream";
 import { expect } from "chai";
-import winston from "winston";
 import { AdapterError } from "../../adapters/types.ts";
+import { createLogger, type Logger } from "../../broker/logger.ts";
 
 /** Awaits `promise` and returns the AdapterError it rejects with; fails the test otherwise. */
 export async function expectAdapterError<E extends AdapterError = AdapterError>(
@@ -28,18 +27,8 @@ export async function closedPort(): Promise<number> {
 }
 
 /** A JSON logger, debug lines included, whose lines a test can search for secrets. */
-export function capturingLogger(): { logger: winston.Logger; lines: string[] } {
+export function capturingLogger(): { logger: Logger; lines: string[] } {
   const lines: string[] = [];
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(String(chunk));
-      done();
-    },
-  });
-  const logger = winston.createLogger({
-    level: "debug",
-    format: winston.format.json(),
-    transports: [new winston.transports.Stream({ stream })],
-  });
+  const logger = createLogger({ level: "debug", sink: { write: (line: string) => lines.push(line) } });
   return { logger, lines };
 }

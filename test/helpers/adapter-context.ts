@@ -1,9 +1,9 @@
 import type { Redis } from "ioredis";
-import type { Logger } from "winston";
 import type { SigningKeyring } from "../../adapters/jwt/signing-keys.ts";
 import type { AdapterContext, AdapterLocks } from "../../adapters/types.ts";
 import { type Clock, systemClock } from "../../broker/clock.ts";
 import { RedisLocks } from "../../broker/locks.ts";
+import type { Logger } from "../../broker/logger.ts";
 import { createLogger } from "../../broker/logger.ts";
 import { uniquePrefix } from "./redis.ts";
 
@@ -38,7 +38,7 @@ export function testAdapterContext(options: {
     issuer: "https://jitkey.test",
     // Only the jwt adapter signs; others never touch the keyring.
     signingKeys: options.signingKeys ?? (undefined as unknown as SigningKeyring),
-    logger: options.logger ?? createLogger({ transports: [] as never[] }),
+    logger: options.logger ?? createLogger({ sink: { write: () => undefined } }),
     clock: options.clock ?? systemClock,
     locks: options.redis
       ? new RedisLocks(options.redis, (name) => `${lockPrefix}:lock:${name}`)

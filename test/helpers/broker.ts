@@ -5,25 +5,23 @@ import { join } from "node:path";
 import type { Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import supertest from "supertest";
-import Transport from "winston-transport";
 import type { CredentialAdapter } from "../../adapters/types.ts";
 import { type BrokerHttp, createApp } from "../../broker/app.ts";
 import { type Broker, createBroker } from "../../broker/broker.ts";
 import type { Clock } from "../../broker/clock.ts";
 import { type Config, parseConfig } from "../../broker/config.ts";
 import type { DevModeSecrets } from "../../broker/dev-mode.ts";
-import { createLogger } from "../../broker/logger.ts";
+import { createLogger, type LogSink } from "../../broker/logger.ts";
 import { sha256Hex } from "../../broker/operators/principal-tokens.ts";
 import { TestIssuer } from "./identity.ts";
 import { RecordingAdapter } from "./recording-adapter.ts";
 import { deletePrefix, testRedis, testRedisUrl, uniquePrefix } from "./redis.ts";
 
 /** Captures every log line the broker writes, already formatted, for secret scans. */
-export class CapturedLogs extends Transport {
+export class CapturedLogs implements LogSink {
   readonly lines: string[] = [];
-  override log(info: Record<string | symbol, unknown>, next: () => void): void {
-    this.lines.push(String(info[Symbol.for("message")] ?? JSON.stringify(info)));
-    next();
+  write(line: string): void {
+    this.lines.push(line.trimEnd());
   }
   text(): string {
     return this.lines.join("\n");
@@ -152,7 +150,7 @@ export async function startTestBroker(options: TestBrokerOptions): Promise<TestB
   const redis = testRedis();
   const recording = new RecordingAdapter(redis, `${prefix}:recording`);
   const logs = new CapturedLogs();
-  const logger = createLogger({ level: "debug", transports: [logs] });
+  const logger = createLogger({ level: "debug", sink: logs });
   const broker = await createBroker(config, {
     logger,
     clock: options.clock,

@@ -12,7 +12,6 @@
  * stdout; logs go to stderr.
  */
 
-import winston from "winston";
 import type { IssuedCredential, IssueRequest, RevokeRequest } from "../../adapters/types.ts";
 import { createBroker } from "../../broker/broker.ts";
 import { parseConfig } from "../../broker/config.ts";
@@ -48,7 +47,7 @@ async function main(): Promise<void> {
   const config = parseConfig(JSON.parse(process.env.JITKEY_CHILD_CONFIG ?? "{}"), "child config");
   const logger = createLogger({
     level: "warn",
-    transports: [new winston.transports.Console({ stderrLevels: ["error", "warn", "info", "debug"] })],
+    sink: process.stderr,
   });
   const namespace = `${config.redis.prefix}:recording`;
   const redis = testRedis();

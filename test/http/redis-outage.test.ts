@@ -171,17 +171,14 @@ describe("a request waiting on Redis when the connection drops", () => {
     const redis = await startEmbeddedRedis(dir, { port: await freePort() });
     // A queue connection waits for Redis forever, as BullMQ needs: what an enqueue runs on.
     const queue = connectRedis(redis.url, { forQueues: true });
-    const health = new RedisHealth(
-      { queue },
-      createLogger({ level: "error", transports: [new CapturedLogs()] }),
-    );
+    const health = new RedisHealth({ queue }, createLogger({ level: "error", sink: new CapturedLogs() }));
     const app = express();
     app.use("/v1", failFastWhileRedisDown(health, sendError));
     app.get("/v1/stuck", async (_req, res) => {
       // Blocks until Redis answers, which it never does once killed.
       res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
     });
-    app.use(errorMiddleware(createLogger({ level: "error", transports: [new CapturedLogs()] }), health));
+    app.use(errorMiddleware(createLogger({ level: "error", sink: new CapturedLogs() }), health));
     try {
       await queue.ping();
       const pending = timed(supertest(app).get("/v1/stuck").timeout(10_000));

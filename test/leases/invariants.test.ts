@@ -411,7 +411,7 @@ describe("invariant: secrets never reach Redis, logs, audit or errors", () => {
 
   it("redacts secrets handed to the logger by mistake", () => {
     const logs = new CapturedLogs();
-    const logger = createLogger({ transports: [logs] });
+    const logger = createLogger({ sink: logs });
     const password = "hunter2-very-secret";
     const bearer = "opaque-bearer-value-123";
     const jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXBhcnQ";
