@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { decodeJwt } from "jose";
 import type { Clock } from "../clock.ts";
 import type { AgentPrincipal } from "./principal.ts";
@@ -37,7 +37,7 @@ export class VerifiedIdentities implements IdentityVerifier {
 
   async verify(token: string): Promise<AgentPrincipal> {
     const now = this.options.clock.now();
-    const key = createHash("sha256").update(token).digest("base64url");
+    const key = hash("sha256", token, "base64url");
     const entry = this.#entries.get(key);
     if (entry && entry.until > now) return entry.agent;
     if (entry) this.#entries.delete(key);

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
 import { type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { AuditLog } from "../audit/audit-log.ts";
@@ -250,11 +250,11 @@ export class Introspection {
 
   /** The token's claims if it is a broker-signed token that verifies now. */
   async verify(token: string, now: number): Promise<JWTPayload | undefined> {
-    const hash = createHash("sha256").update(token).digest("base64url");
-    const cached = this.#verified.get(hash);
+    const digest = hash("sha256", token, "base64url");
+    const cached = this.#verified.get(digest);
     if (cached) {
       if ((cached.exp ?? 0) * 1000 > now) return cached;
-      this.#verified.delete(hash);
+      this.#verified.delete(digest);
     }
     try {
       const { payload } = await jwtVerify(token, this.deps.verifyKey, {
@@ -266,7 +266,7 @@ export class Introspection {
         const oldest = this.#verified.keys().next().value;
         if (oldest !== undefined) this.#verified.delete(oldest);
       }
-      this.#verified.set(hash, payload);
+      this.#verified.set(digest, payload);
       return payload;
     } catch {
       return undefined;

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import type { Classification } from "../config.ts";
 import type { Lease } from "../leases/lease.ts";
 import type { Task } from "../tasks/task.ts";
@@ -20,12 +20,17 @@ export interface ActClaim {
   act?: ActClaim;
 }
 
+/** Purposes already worked out, by task record: introspection answers with one many times a second. */
+const purposes = new WeakMap<object, PurposeClaim>();
+
 /** The `purpose` claim of a task's credentials. */
 export function purposeOf(task: Pick<Task, "goal" | "dataClassification">): PurposeClaim {
-  return {
-    goal_sha256: createHash("sha256").update(task.goal, "utf8").digest("hex"),
-    classification: task.dataClassification,
-  };
+  let purpose = purposes.get(task);
+  if (purpose?.classification !== task.dataClassification) {
+    purpose = { goal_sha256: hash("sha256", task.goal, "hex"), classification: task.dataClassification };
+    purposes.set(task, purpose);
+  }
+  return purpose;
 }
 
 /** The `act` claim for a chain of actors, current first; none for a lease minted directly. */

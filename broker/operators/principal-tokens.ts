@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { createHash, hash, timingSafeEqual } from "node:crypto";
 import type { IntrospectorPrincipal, OperatorPrincipal } from "../identity/principal.ts";
 
 /** The sha256 of a bearer token, hex, as written in `tokenSha256`. */
@@ -35,7 +35,7 @@ export class PrincipalTokens {
 
   /** The operator or introspector holding `token`, if any. */
   match(token: string): OperatorPrincipal | IntrospectorPrincipal | undefined {
-    const presented = createHash("sha256").update(token, "utf8").digest();
+    const presented = hash("sha256", token, "buffer");
     let found: OperatorPrincipal | IntrospectorPrincipal | undefined;
     for (const entry of this.#entries) {
       if (timingSafeEqual(presented, entry.hash) && !found) found = entry.principal;
