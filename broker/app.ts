@@ -61,7 +61,8 @@ export function createApp(broker: Broker): BrokerHttp {
     logRequest(req, res, requestId);
     next();
   });
-  const headers: RequestHandler[] = [securityHeaders()];
+  const security = securityHeaders();
+  const headers: RequestHandler[] = [security];
   const origins = broker.config.http.cors?.origins;
   if (origins) {
     headers.push(
@@ -84,8 +85,8 @@ export function createApp(broker: Broker): BrokerHttp {
   app.use("/v1", failFastWhileRedisDown(health, sendError));
   app.use(refuseUnknownBodyTypes);
   const bodyParsers = [
-    express.json({ limit: "64kb" }),
-    express.urlencoded({ extended: false, limit: "64kb", parameterLimit: 100 }),
+    express.json({ limit: BODY_LIMIT_BYTES }),
+    express.urlencoded({ extended: false, limit: BODY_LIMIT_BYTES, parameterLimit: FORM_PARAMETER_LIMIT }),
   ];
   for (const parser of bodyParsers) app.use(parser);
 
@@ -103,8 +104,11 @@ export function createApp(broker: Broker): BrokerHttp {
   const hot = hotRoutes(broker, {
     auth,
     health,
-    headers: headers as unknown as HotRouteParts["headers"],
+    fixedHeaders: headersSetBy(security),
+    requestHeaders: headers.slice(1) as unknown as HotRouteParts["requestHeaders"],
     bodyParsers: bodyParsers as unknown as HotRouteParts["bodyParsers"],
+    bodyLimit: BODY_LIMIT_BYTES,
+    formParameterLimit: FORM_PARAMETER_LIMIT,
     bodyTypes: BODY_TYPES,
     trustProxy: app.get("trust proxy fn"),
     logRequest,
@@ -120,6 +124,28 @@ export function createApp(broker: Broker): BrokerHttp {
  * referrer. HSTS is left to the TLS-terminating proxy in front (SECURITY.md), which knows
  * whether the whole host is served over https.
  */
+/** The largest request body read, in bytes (64 KiB), and the most parameters a form may have. */
+const BODY_LIMIT_BYTES = 64 * 1024;
+const FORM_PARAMETER_LIMIT = 100;
+
+/**
+ * The headers a header middleware sets, found by running it once: for helmet as configured
+ * here they do not depend on the request, so the hot routes set them without running it.
+ */
+function headersSetBy(middleware: RequestHandler): [string, string][] {
+  const set = new Map<string, [string, string]>();
+  const recorder = {
+    setHeader: (name: string, value: unknown) => set.set(name.toLowerCase(), [name, String(value)]),
+    removeHeader: (name: string) => set.delete(name.toLowerCase()),
+  };
+  let synchronous = false;
+  middleware({} as never, recorder as never, () => {
+    synchronous = true;
+  });
+  if (!synchronous) throw new Error("the security headers middleware did not finish at once");
+  return [...set.values()];
+}
+
 function securityHeaders(): RequestHandler {
   return helmet({
     contentSecurityPolicy: {

@@ -26,6 +26,11 @@ const TRANSPORT_MESSAGES: Record<string, string> = {
   "parameters.too.many": "too many form parameters",
 };
 
+/** The error a body parser would raise for a body of this `type` (a key of the messages above). */
+export function bodyError(type: string, status: 400 | 413 = 400): InvalidRequestError {
+  return new InvalidRequestError(TRANSPORT_MESSAGES[type] ?? "request rejected", undefined, status);
+}
+
 /**
  * A client error raised by Express or a body parser (http-errors style: a 4xx `status`), e.g.
  * a corrupt gzip body or an undecodable `%` escape in the path, as `invalid_request`.

@@ -13,7 +13,7 @@ import {
 import { newId } from "../ids.ts";
 import { mintBinding } from "../oauth/mint-binding.ts";
 import type { Authenticator } from "./auth.ts";
-import { clientError, writeError, writeJson } from "./error-middleware.ts";
+import { bodyError, clientError, writeError, writeJson } from "./error-middleware.ts";
 import { type Caller, capped } from "./failed-auth.ts";
 import type { RedisHealth } from "./redis-health.ts";
 import { IntrospectBody, MintLeaseBody, TaskId } from "./schemas.ts";
@@ -27,10 +27,16 @@ type Middleware = (req: IncomingMessage, res: ServerResponse, next: (error?: unk
 export interface HotRouteParts {
   auth: Authenticator;
   health: RedisHealth;
-  /** helmet, cors (when configured): the headers every answer gets. */
-  headers: readonly Middleware[];
-  /** The body parsers, in order (JSON, then form). */
+  /** The headers every answer gets whatever was asked (helmet's), as the Express app sets them. */
+  fixedHeaders: readonly (readonly [string, string])[];
+  /** Header middleware whose answer depends on the request (CORS, when configured). */
+  requestHeaders: readonly Middleware[];
+  /** The body parsers, in order (JSON, then form), for bodies {@link readPlainBody} leaves to them. */
   bodyParsers: readonly Middleware[];
+  /** The body size limit the parsers enforce, in bytes. */
+  bodyLimit: number;
+  /** The parameter limit of the form parser. */
+  formParameterLimit: number;
   /** Media types a body may have; anything else is 415 before it is read. */
   bodyTypes: readonly string[];
   /** The compiled `trust proxy` setting, for the client's address. */
@@ -127,19 +133,14 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
     const requestId = newId("req");
     res.setHeader("X-Request-Id", requestId);
     parts.logRequest(req, res, requestId);
+    for (const [name, value] of parts.fixedHeaders) res.setHeader(name, value);
+    // Answers carry credentials and live state: no cache may keep one, errors included.
+    res.setHeader("Cache-Control", "no-store");
     try {
-      for (const middleware of parts.headers) await run(middleware, req, res);
-      // Answers carry credentials and live state: no cache may keep one, errors included.
-      res.setHeader("Cache-Control", "no-store");
+      for (const middleware of parts.requestHeaders) await run(middleware, req, res);
       if (!parts.health.up) throw new UnavailableError();
       answerWhenRedisIsLost(res, requestId);
-      if (typeis.hasBody(req) && !typeis(req, [...parts.bodyTypes]))
-        throw new InvalidRequestError(
-          `Content-Type must be one of ${parts.bodyTypes.join(", ")}`,
-          undefined,
-          415,
-        );
-      for (const parser of parts.bodyParsers) await run(parser, req, res);
+      const body = await readBody(req, res);
       const address = capped(proxyaddr(req, parts.trustProxy), 64);
       const caller: Caller = {
         authorization: header(req, "authorization"),
@@ -150,7 +151,7 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
         req,
         res,
         caller,
-        body: (req as { body?: unknown }).body,
+        body,
         ...(rawId !== undefined ? { id: decodePathPart(rawId) } : {}),
       });
     } catch (error) {
@@ -169,6 +170,23 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
         writeJson(res, 500, { error: { code: "internal", message: "internal error", requestId } });
       }
     }
+  }
+
+  /**
+   * The request's body: read here when it is a plain one (see {@link plainBodyType}),
+   * otherwise by the Express app's body parsers, which handle every other case.
+   */
+  async function readBody(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+    const type = plainBodyType(req, parts.bodyLimit);
+    if (type) return parsePlainBody(type, await readText(req), parts.formParameterLimit);
+    if (typeis.hasBody(req) && !typeis(req, [...parts.bodyTypes]))
+      throw new InvalidRequestError(
+        `Content-Type must be one of ${parts.bodyTypes.join(", ")}`,
+        undefined,
+        415,
+      );
+    for (const parser of parts.bodyParsers) await run(parser, req, res);
+    return (req as { body?: unknown }).body;
   }
 
   /** As the Express app does: a request still waiting on Redis when it goes away answers 503 soon. */
@@ -200,4 +218,62 @@ function decodePathPart(part: string): string {
   } catch {
     throw new InvalidRequestError("the path holds an invalid % escape");
   }
+}
+
+type PlainBodyType = "json" | "form";
+
+/** Media types a hot route reads itself, as clients send them (lowercase, spaces removed). */
+const PLAIN_TYPES: ReadonlyMap<string, PlainBodyType> = new Map([
+  ["application/json", "json"],
+  ["application/json;charset=utf-8", "json"],
+  ["application/x-www-form-urlencoded", "form"],
+  ["application/x-www-form-urlencoded;charset=utf-8", "form"],
+]);
+
+/**
+ * Whether a body is plain — JSON or a form in UTF-8, not compressed, its length declared and
+ * within the limit — which is how every agent and resource server sends one. Such a body is
+ * read and parsed here, as the body parsers would (same limits, same answers to bad input),
+ * without their general machinery; anything else goes to the parsers themselves.
+ */
+function plainBodyType(req: IncomingMessage, limit: number): PlainBodyType | undefined {
+  const { headers } = req;
+  const length = headers["content-length"];
+  if (length === undefined || headers["transfer-encoding"] !== undefined) return undefined;
+  if (headers["content-encoding"] !== undefined || !/^\d{1,9}$/.test(length) || Number(length) > limit)
+    return undefined;
+  const type = headers["content-type"];
+  return type === undefined ? undefined : PLAIN_TYPES.get(type.toLowerCase().replace(/ /g, ""));
+}
+
+/** The whole body as text; Node's parser delivers exactly Content-Length bytes or fails. */
+function readText(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.once("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.once("error", () => reject(bodyError("request.aborted")));
+  });
+}
+
+/** As body-parser's `json` (strict) and `urlencoded` (not extended) parse a body. */
+function parsePlainBody(type: PlainBodyType, text: string, parameterLimit: number): unknown {
+  if (text.length === 0) return {};
+  if (type === "json") {
+    // Strict: only an object or an array.
+    if (!/^[ \t\n\r]*[[{]/.test(text)) throw bodyError("entity.parse.failed");
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw bodyError("entity.parse.failed");
+    }
+  }
+  const form: Record<string, string | string[]> = Object.create(null);
+  let count = 0;
+  for (const [name, value] of new URLSearchParams(text)) {
+    if (++count > parameterLimit) throw bodyError("parameters.too.many", 413);
+    const seen = form[name];
+    form[name] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value];
+  }
+  return form;
 }
