@@ -48,12 +48,20 @@ export interface LogSink {
 
 /**
  * Standard output, shared by every logger of the process so that their lines stay in order.
- * Written asynchronously (lines logged while a write is under way go out together in the
- * next one: a busy broker logs a line per request, and a write per line would be a system
- * call each); what is pending when the process exits is written synchronously first, so
- * only a SIGKILL can lose the lines of the moment.
+ * Written asynchronously, in writes of at least 4 KiB or every 100 ms, whichever comes first:
+ * a busy broker logs a line per request, and a write per line would be a system call each.
+ * What is pending when the process exits is written synchronously first, so only a SIGKILL
+ * can lose the lines of the last 100 ms.
  */
 let stdout: pino.DestinationStream | undefined;
+
+/** The `timestamp` field of a line; a busy broker logs many lines in the same millisecond. */
+let stamped = { at: 0, field: "" };
+function timestamp(): string {
+  const now = Date.now();
+  if (now !== stamped.at) stamped = { at: now, field: `,"timestamp":"${new Date(now).toISOString()}"` };
+  return stamped.field;
+}
 
 /**
  * The broker's JSON logger (pino), to standard output unless a `sink` is given. Every message
@@ -61,13 +69,15 @@ let stdout: pino.DestinationStream | undefined;
  * rather than written.
  */
 export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {}): Logger {
-  stdout ??= options.sink ? undefined : pino.destination({ dest: 1, sync: false });
+  stdout ??= options.sink
+    ? undefined
+    : pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 });
   const lines = pino(
     {
       level: options.level ?? "info",
       messageKey: "message",
       base: { service: "jitkey" },
-      timestamp: () => `,"timestamp":"${new Date().toISOString()}"`,
+      timestamp,
       formatters: { level: (label) => ({ level: label }) },
     },
     (options.sink ?? stdout) as pino.DestinationStream,
