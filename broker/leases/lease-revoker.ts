@@ -118,7 +118,7 @@ export class LeaseRevoker {
     const tasks = new Map((await this.deps.tasks.getMany(taskIds)).map((task) => [task.id, task]));
 
     // Each planned write, and what to do once it is applied.
-    const planned: { write: AtomicWrite; applied?: (lease: Lease) => void }[] = [];
+    const planned: { write: AtomicWrite; applied?: (written: () => Lease) => void }[] = [];
     const tidy = (write: AtomicWrite) => planned.push({ write, applied: () => (report.tidied += 1) });
     for (const id of leaseIds) if (!found.has(id)) tidy(states.untrack(id));
     // Leases already under revocation, whose next attempt this job must take first.
@@ -160,12 +160,13 @@ export class LeaseRevoker {
         const write = states.startRevocation(lease, request, this.lookAgainAt(), { at: nowIso, by: job });
         if (request.reason !== "expired")
           audit.add(write, this.event("lease_revoke_requested", lease, request.requestedBy, request.reason));
-        planned.push({ write, applied: (started) => attempts.push(started) });
+        planned.push({ write, applied: (started) => attempts.push(started()) });
       }
     }
     const results = await audit.applyAll(planned.map(({ write }) => write));
     results.forEach((result, i) => {
-      if (result.ok) planned[i]?.applied?.(JSON.parse(result.record ?? "{}") as Lease);
+      // Only a started attempt needs the record as written; the rest need no parse of it.
+      if (result.ok) planned[i]?.applied?.(() => JSON.parse(result.record ?? "{}") as Lease);
     });
     const taken = await this.takeAttempts(revoking, now, job);
     attempts.push(...taken);
@@ -315,9 +316,12 @@ export class LeaseRevoker {
     revokedAt: string,
     direct: boolean,
   ): AtomicWrite {
-    const write = direct
-      ? this.deps.states.settleDirect(lease, request, revokedAt)
-      : this.deps.states.settle(lease, revokedAt);
+    // Nobody reads the revoked record back: the script need not send it.
+    const write = (
+      direct
+        ? this.deps.states.settleDirect(lease, request, revokedAt)
+        : this.deps.states.settle(lease, revokedAt)
+    ).quiet();
     this.deps.audit.add(write, {
       ...this.event("lease_revoked", lease, request.requestedBy, request.reason),
       lagSeconds: lagSeconds(request, Date.parse(revokedAt)),

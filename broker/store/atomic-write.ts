@@ -89,6 +89,7 @@ for i, event in ipairs(spec.e or {}) do
   end
   if event.p then redis.call('PUBLISH', spec.ch, spec.sh .. ' ' .. id .. ' ' .. json) end
 end
+if spec.q then raw = false end
 return {1, raw or false, 0, ids, moved}
 `;
 
@@ -135,8 +136,15 @@ export class AtomicWrite {
   readonly #ops: Op[] = [];
   #move: { src: number; from: number[]; to: number; score: string } | undefined;
   readonly #events: { j: string; i: number[]; p?: 1; n?: string }[] = [];
+  #quiet = false;
 
   constructor(readonly shard: ShardKeys) {}
+
+  /** The caller will not read the record once the write is applied: the script sends none back. */
+  quiet(): this {
+    this.#quiet = true;
+    return this;
+  }
 
   /**
    * Proceeds only if the record at `key` exists with one of `statuses` and meets `condition`.
@@ -259,6 +267,7 @@ export class AtomicWrite {
       ch: audit.channel,
       ck: this.#patch ? audit.changes : undefined,
       sh: String(this.shard.index),
+      q: this.#quiet ? 1 : undefined,
     });
   }
 
@@ -279,7 +288,7 @@ export interface AtomicResult {
   readonly exists: boolean;
   /** When a guard failed: its position (0-based). */
   readonly failedGuard: number | undefined;
-  /** The first guarded record after the change, or the failing guard's record as it stands. */
+  /** The first guarded record after the change (none for a {@link AtomicWrite.quiet} write), or the failing guard's record as it stands. */
   readonly record: string | undefined;
   /** Stream ids of the events written, in order. */
   readonly eventIds: readonly string[];

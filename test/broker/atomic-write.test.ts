@@ -40,6 +40,18 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     expect(JSON.parse(fields[1] ?? "{}")).to.include({ type: "lease_revoked" });
   });
 
+  it("sends no record back for a quiet write, and still the failing guard's record when it is refused", async () => {
+    await redis.set(shard.lease("q"), JSON.stringify({ id: "q", status: "active" }));
+    const quiet = (status: string) =>
+      new AtomicWrite(shard).guard(shard.lease("q"), [status]).patch({ status: "revoked" }).quiet();
+    const applied = await writer.run(quiet("active"));
+    expect(applied).to.include({ ok: true, record: undefined });
+    expect(JSON.parse((await redis.get(shard.lease("q"))) ?? "{}")).to.include({ status: "revoked" });
+    const refused = await writer.run(quiet("active"));
+    expect(refused.ok).to.equal(false);
+    expect(JSON.parse(refused.record ?? "{}")).to.include({ status: "revoked" });
+  });
+
   it("applies nothing, events included, when a guard fails, and says which guard and what it saw", async () => {
     await redis.set(shard.lease("b"), JSON.stringify({ id: "b", status: "revoked" }));
     await redis.set(
