@@ -7,23 +7,44 @@ const SECRET_FIELD =
 /** Values that look like secrets even under an innocent field name: JWTs and bearer headers. */
 const SECRET_VALUE = /(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|Bearer\s+\S+)/g;
 
+/** Whether a field's value is never logged. Hashes of tokens are configuration, not secrets. */
+function isSecretField(field: string): boolean {
+  let secret = secretFields.get(field);
+  if (secret === undefined) {
+    secret = SECRET_FIELD.test(field) && !/sha256|hash|accessor$/i.test(field);
+    // Field names are the code's own, bar a few from outside (claims): a bounded memo is enough.
+    if (secretFields.size < 4096) secretFields.set(field, secret);
+  }
+  return secret;
+}
+const secretFields = new Map<string, boolean>();
+
+/** Objects {@link redact} made (or that hold only what it made): nothing in them to redact again. */
+const clean = new WeakSet<object>();
+
 /** Returns a copy of `value` with secret fields replaced by "[redacted]". */
 export function redact(value: unknown, depth = 0): unknown {
   if (depth > 8) return "[truncated]";
   if (typeof value === "string") return value.replace(SECRET_VALUE, "[redacted]");
   if (Array.isArray(value)) return value.map((item) => redact(item, depth + 1));
   if (value && typeof value === "object") {
+    if (clean.has(value)) return value;
     if (value instanceof Error) return { name: value.name, message: redact(value.message, depth + 1) };
     const out: Record<string, unknown> = {};
-    for (const [field, inner] of Object.entries(value)) {
-      // Hashes of tokens are configuration, not secrets; keep them readable.
-      out[field] =
-        SECRET_FIELD.test(field) && !/sha256|hash|accessor$/i.test(field)
-          ? "[redacted]"
-          : redact(inner, depth + 1);
-    }
+    for (const [field, inner] of Object.entries(value))
+      out[field] = isSecretField(field) ? "[redacted]" : redact(inner, depth + 1);
+    if (depth === 0) clean.add(out);
     return out;
   }
+  return value;
+}
+
+/**
+ * Marks an object built only from {@link redact}'s output (and values known to be safe, such
+ * as ids) so that logging it does not redact it again. It must not be changed afterwards.
+ */
+export function alreadyRedacted<T extends object>(value: T): T {
+  clean.add(value);
   return value;
 }
 

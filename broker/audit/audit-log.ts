@@ -4,7 +4,7 @@ import type { Clock } from "../clock.ts";
 import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { redact } from "../logger.ts";
+import { alreadyRedacted, redact } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
 
@@ -298,7 +298,8 @@ export class AuditLog {
     logs.forEach((body, i) => {
       const streamId = result.eventIds[i];
       const id = streamId ? publicEventId(streamId, write.shard.index) : undefined;
-      this.deps.logger.info("audit", { audit: { id, ...body } });
+      // The body was redacted when the event was added; the id is the broker's own.
+      this.deps.logger.info("audit", { audit: alreadyRedacted({ id, ...body }) });
     });
   }
 }
