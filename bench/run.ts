@@ -46,7 +46,7 @@ const settings = {
   fanoutLeases: quick ? 1000 : 10_000,
   scaleLeases: Number(options["scale-leases"] ?? (quick ? 5000 : 1_000_000)),
   startupRepeats: quick ? 2 : 3,
-  reconcilePasses: 5,
+  reconcilePasses: 30,
   reconcileBudgetMs: quick ? 5_000 : 120_000,
   seeders: quick ? 1 : 2,
   timeoutMs: quick ? 30_000 : 180_000,
