@@ -19,8 +19,8 @@ function isSecretField(field: string): boolean {
 }
 const secretFields = new Map<string, boolean>();
 
-/** Objects {@link redact} made (or that hold only what it made): nothing in them to redact again. */
-const clean = new WeakSet<object>();
+/** Marks an object that holds only what {@link redact} made: nothing in it to redact again. */
+const REDACTED = Symbol("redacted");
 
 /** Returns a copy of `value` with secret fields replaced by "[redacted]". */
 export function redact(value: unknown, depth = 0): unknown {
@@ -28,12 +28,11 @@ export function redact(value: unknown, depth = 0): unknown {
   if (typeof value === "string") return value.replace(SECRET_VALUE, "[redacted]");
   if (Array.isArray(value)) return value.map((item) => redact(item, depth + 1));
   if (value && typeof value === "object") {
-    if (clean.has(value)) return value;
+    if ((value as { [REDACTED]?: true })[REDACTED]) return value;
     if (value instanceof Error) return { name: value.name, message: redact(value.message, depth + 1) };
     const out: Record<string, unknown> = {};
     for (const [field, inner] of Object.entries(value))
       out[field] = isSecretField(field) ? "[redacted]" : redact(inner, depth + 1);
-    if (depth === 0) clean.add(out);
     return out;
   }
   return value;
@@ -44,8 +43,9 @@ export function redact(value: unknown, depth = 0): unknown {
  * as ids) so that logging it does not redact it again. It must not be changed afterwards.
  */
 export function alreadyRedacted<T extends object>(value: T): T {
-  clean.add(value);
-  return value;
+  // A symbol key, not enumerable: invisible to JSON and the log writer, and not carried over by
+  // a spread, so a copy with more fields is checked again.
+  return Object.defineProperty(value, REDACTED, { value: true });
 }
 
 /** The levels the broker logs at (config `log.level`), most severe first. */

@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { expect } from "chai";
+import { alreadyRedacted, createLogger } from "../../broker/logger.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 
@@ -42,5 +43,26 @@ describe("the broker's logger on standard output", () => {
     `);
     expect(status).to.equal(3);
     expect(lines.map((line) => line.message)).to.deep.equal(["first", "fatal: exiting"]);
+  });
+});
+
+describe("redaction of log lines", () => {
+  function logged(fields: Record<string, unknown>): Record<string, unknown> {
+    const lines: string[] = [];
+    createLogger({ sink: { write: (line: string) => lines.push(line) } }).info("x", fields);
+    return JSON.parse(lines[0] ?? "{}") as Record<string, unknown>;
+  }
+
+  it("masks secret fields and secret-looking values at any depth, keeping hashes readable", () => {
+    const line = logged({ outer: { clientSecret: "s3cret", note: "Bearer abc.def", tokenSha256: "ab12" } });
+    expect(line.outer).to.deep.equal({ clientSecret: "[redacted]", note: "[redacted]", tokenSha256: "ab12" });
+  });
+
+  it("writes an object marked as already redacted as it is, without the mark", () => {
+    const audit = alreadyRedacted({ id: "1-0-3", leaseId: "lse_1", reason: "expired" });
+    const line = logged({ audit });
+    expect(line.audit).to.deep.equal({ id: "1-0-3", leaseId: "lse_1", reason: "expired" });
+    // The mark is the caller's promise: an unmarked copy of the same fields is checked again.
+    expect(logged({ audit: { ...audit, secret: "x" } }).audit).to.include({ secret: "[redacted]" });
   });
 });
