@@ -71,12 +71,11 @@ export class FailedAuthLimit {
   async reject(caller: Caller, standing: LimitState, rejection: IdentityRejectedError): Promise<never> {
     const { metrics, audit, limiter, perMinute } = this.deps;
     metrics.identityRejected.inc();
-    if (standing.reached) {
-      metrics.denials.inc({ decision: "identity", code: "rate_limited" });
-      await this.summarise(caller);
-      throw new RateLimitedError(standing.retryAfterSeconds);
-    }
+    if (standing.reached) return this.refuse(caller, standing.retryAfterSeconds);
     const after = await limiter.hit(this.bucket(caller), perMinute);
+    // The count can pass the limit between reading the standing and this hit (another request,
+    // or the window sliding on): such a failure is refused and counted, not recorded one by one.
+    if (after.exceeded) return this.refuse(caller, after.retryAfterSeconds);
     await audit.record({
       type: "identity_rejected",
       actor: `ip:${caller.address}`,
@@ -86,8 +85,14 @@ export class FailedAuthLimit {
       ...(rejection.issuerDigest ? { issuerDigest: rejection.issuerDigest } : {}),
       route: caller.route(),
     });
-    if (after.exceeded) throw new RateLimitedError(after.retryAfterSeconds);
     throw rejection;
+  }
+
+  /** A failure past the limit: 429, counted, and summarised once per address and minute. */
+  private async refuse(caller: Caller, retryAfterSeconds: number): Promise<never> {
+    this.deps.metrics.denials.inc({ decision: "identity", code: "rate_limited" });
+    await this.summarise(caller);
+    throw new RateLimitedError(retryAfterSeconds);
   }
 
   private bucket(caller: Caller): string {

@@ -1,6 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { expect } from "chai";
 import type { Redis } from "ioredis";
+import { FailedAuthLimit } from "../../broker/http/failed-auth.ts";
+import { SlidingWindowLimiter } from "../../broker/http/rate-limiter.ts";
+import { IdentityRejectedError } from "../../broker/identity/agent-verifier.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { metricSample } from "../helpers/contract.ts";
 
@@ -126,5 +129,46 @@ describe("storage: nobody can make the broker store data without authenticating"
     // Only the agent's own rate-limit counter may have appeared.
     const added = after.keys.filter((key) => !before.keys.includes(key));
     expect(added.every((key) => key.includes(":rate:"))).to.equal(true, added.join(", "));
+  });
+});
+
+describe("failed-auth limit when failures arrive together", () => {
+  let t: TestBroker;
+  before(async () => {
+    t = await startTestBroker({ name: "storage-race", workers: false });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it("records one by one exactly the failures it answers 401, even when two read their standing before either is counted", async () => {
+    const { redis, keys, audit, metrics, clock } = t.broker;
+    const limit = new FailedAuthLimit({
+      limiter: new SlidingWindowLimiter(redis, keys, clock),
+      redis,
+      keys,
+      audit,
+      metrics,
+      clock,
+      perMinute: 3,
+    });
+    const caller = { authorization: undefined, address: "10.9.8.7", route: () => "GET /v1/leases/:id" };
+    const fail = async (standing?: Awaited<ReturnType<FailedAuthLimit["standing"]>>) =>
+      limit
+        .reject(
+          caller,
+          standing ?? (await limit.standing(caller)),
+          new IdentityRejectedError("untrusted issuer"),
+        )
+        .catch((error: { status: number }) => error.status);
+    expect([await fail(), await fail()]).to.deep.equal([401, 401]);
+    // Two concurrent requests: both read the standing (2 of 3) before either failure is counted.
+    const [first, second] = [await limit.standing(caller), await limit.standing(caller)];
+    expect([await fail(first), await fail(second)]).to.deep.equal([401, 429]);
+    const events = await audit.query({ limit: 100 });
+    const recorded = events.filter(
+      (event) => event.type === "identity_rejected" && event.actor === "ip:10.9.8.7",
+    );
+    expect(recorded).to.have.length(3);
   });
 });
