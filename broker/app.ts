@@ -119,11 +119,6 @@ export function createApp(broker: Broker): BrokerHttp {
   return Object.assign(listener, { express: app });
 }
 
-/**
- * helmet's headers for a JSON API: `nosniff`, no framing, a CSP that loads nothing, no
- * referrer. HSTS is left to the TLS-terminating proxy in front (SECURITY.md), which knows
- * whether the whole host is served over https.
- */
 /** The largest request body read, in bytes (64 KiB), and the most parameters a form may have. */
 const BODY_LIMIT_BYTES = 64 * 1024;
 const FORM_PARAMETER_LIMIT = 100;
@@ -146,6 +141,11 @@ function headersSetBy(middleware: RequestHandler): [string, string][] {
   return [...set.values()];
 }
 
+/**
+ * helmet's headers for a JSON API: `nosniff`, no framing, a CSP that loads nothing, no
+ * referrer. HSTS is left to the TLS-terminating proxy in front (SECURITY.md), which knows
+ * whether the whole host is served over https.
+ */
 function securityHeaders(): RequestHandler {
   return helmet({
     contentSecurityPolicy: {

@@ -31,7 +31,7 @@ export interface HotRouteParts {
   fixedHeaders: readonly (readonly [string, string])[];
   /** Header middleware whose answer depends on the request (CORS, when configured). */
   requestHeaders: readonly Middleware[];
-  /** The body parsers, in order (JSON, then form), for bodies {@link readPlainBody} leaves to them. */
+  /** The body parsers, in order (JSON, then form), for bodies that are not plain (see {@link plainBodyType}). */
   bodyParsers: readonly Middleware[];
   /** The body size limit the parsers enforce, in bytes. */
   bodyLimit: number;
@@ -257,7 +257,9 @@ function readText(req: IncomingMessage): Promise<string> {
 }
 
 /** As body-parser's `json` (strict) and `urlencoded` (not extended) parse a body. */
-function parsePlainBody(type: PlainBodyType, text: string, parameterLimit: number): unknown {
+function parsePlainBody(type: PlainBodyType, raw: string, parameterLimit: number): unknown {
+  // The parsers' decoder drops a byte order mark.
+  const text = raw.charCodeAt(0) === 0xfeff ? raw.slice(1) : raw;
   if (text.length === 0) return {};
   if (type === "json") {
     // Strict: only an object or an array.
@@ -268,10 +270,11 @@ function parsePlainBody(type: PlainBodyType, text: string, parameterLimit: numbe
       throw bodyError("entity.parse.failed");
     }
   }
-  const form: Record<string, string | string[]> = Object.create(null);
-  let count = 0;
-  for (const [name, value] of new URLSearchParams(text)) {
+  // Counted as the form parser counts them: every `&` starts one, empty ones included.
+  for (let count = 1, at = text.indexOf("&"); at !== -1; at = text.indexOf("&", at + 1))
     if (++count > parameterLimit) throw bodyError("parameters.too.many", 413);
+  const form: Record<string, string | string[]> = Object.create(null);
+  for (const [name, value] of new URLSearchParams(text)) {
     const seen = form[name];
     form[name] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value];
   }

@@ -76,6 +76,7 @@ describe("hot routes read plain bodies exactly as the body parsers do", () => {
       ['{"resource": "demo-api", "sudo": true}', 400],
       ['{"resource": "demo-api", "ttlSeconds": 60}', 201],
       [' \n{"resource": "demo-api"}', 201],
+      ['\ufeff{"resource": "demo-api"}', 201],
     ];
     for (const [body, status] of cases)
       expect((await bothWays(path, body, json(agent))).status, body).to.equal(status);
@@ -116,6 +117,9 @@ describe("hot routes read plain bodies exactly as the body parsers do", () => {
     expect((await bothWays("/v1/introspect", `token=${token}&${parameters(100)}`, form())).status).to.equal(
       413,
     );
+    const empties = (count: number) => `token=${token}${"&".repeat(count)}`;
+    expect((await bothWays("/v1/introspect", empties(99), form())).body.active).to.equal(true);
+    expect((await bothWays("/v1/introspect", empties(100), form())).status).to.equal(413);
     expect((await bothWays("/v1/introspect", JSON.stringify({ token }), json(op))).body.active).to.equal(
       true,
     );
