@@ -4,7 +4,7 @@
  * process. Prints a table and, on the last line, one JSON object with every figure under flat
  * dotted keys. Exits non-zero only when the benchmark itself fails, never for a missed target.
  *
- *   npm run bench                   full run (about 15–20 minutes; 1,000,000 seeded leases)
+ *   npm run bench                   full run (about 6 minutes; 1,000,000 seeded leases)
  *   npm run bench -- --quick        under 90 s, smaller counts
  *   options: --skip-build  --keep (keep the run directory and its logs)
  *            --log-level L (jitkey's log.level, default info)  --scale-leases N
