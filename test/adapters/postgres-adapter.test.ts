@@ -1,4 +1,4 @@
-import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { expect } from "chai";
 import pg from "pg";
 import { ZodError } from "zod";
@@ -7,7 +7,7 @@ import type { PostgresAdapterError } from "../../adapters/postgres/postgres-erro
 import type { CredentialAdapter, IssuedCredential, IssueRequest } from "../../adapters/types.ts";
 import { type Clock, ManualClock } from "../../broker/clock.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
-import { closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
+import { closedPort, expectAdapterError, scramVerifierMatches } from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const POSTGRES_URL = process.env.JITKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -59,16 +59,6 @@ function issueRequest(
     scopes,
     expiresAt: new Date(Math.floor(now / 1000 + (options.ttlSeconds ?? 120)) * 1000),
   } satisfies IssueRequest;
-}
-
-/** Verifies a password against PostgreSQL's stored SCRAM-SHA-256 verifier (RFC 5802 / 7677). */
-function scramVerifierMatches(verifier: string, password: string): boolean {
-  const match = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
-  if (!match) return false;
-  const [, iterations, salt, storedKey] = match;
-  const salted = pbkdf2Sync(password, Buffer.from(salt ?? "", "base64"), Number(iterations), 32, "sha256");
-  const clientKey = createHmac("sha256", salted).update("Client Key").digest();
-  return createHash("sha256").update(clientKey).digest("base64") === storedKey;
 }
 
 /** Connects as the credential (through its `url`), or rejects with the server's error. */

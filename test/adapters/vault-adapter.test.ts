@@ -1,4 +1,4 @@
-import { createHash, createHmac, pbkdf2Sync, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { expect } from "chai";
 import NodeVault from "node-vault";
 import pg from "pg";
@@ -6,7 +6,12 @@ import type { CredentialAdapter, IssuedCredential, IssueRequest } from "../../ad
 import { createVaultAdapter } from "../../adapters/vault/vault-adapter.ts";
 import { describeAdapterConformance, newTestLeaseId } from "../conformance/adapter-conformance.ts";
 import { FakeVaultServer, jitkeyUsernameTemplate } from "../fakes/vault-fake/fake-vault-server.ts";
-import { capturingLogger, closedPort, expectAdapterError } from "../helpers/adapter-assertions.ts";
+import {
+  capturingLogger,
+  closedPort,
+  expectAdapterError,
+  scramVerifierMatches,
+} from "../helpers/adapter-assertions.ts";
 import { testAdapterContext } from "../helpers/adapter-context.ts";
 
 const POSTGRES_URL = process.env.JITKEY_TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -51,16 +56,6 @@ function issueRequest(ttlSeconds = 60, leaseId = newTestLeaseId()): IssueRequest
 /** What Vault makes of a display name: "token-" prefix, anything but [A-Za-z0-9-] becomes "-". */
 function vaultDisplayName(leaseId: string): string {
   return `token-${leaseId}`.replace(/[^a-zA-Z0-9-]/g, "-");
-}
-
-/** Verifies a password against PostgreSQL's stored SCRAM-SHA-256 verifier (RFC 5802 / 7677). */
-function scramVerifierMatches(verifier: string, password: string): boolean {
-  const match = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
-  if (!match) return false;
-  const [, iterations, salt, storedKey] = match;
-  const salted = pbkdf2Sync(password, Buffer.from(salt ?? "", "base64"), Number(iterations), 32, "sha256");
-  const clientKey = createHmac("sha256", salted).update("Client Key").digest();
-  return createHash("sha256").update(clientKey).digest("base64") === storedKey;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

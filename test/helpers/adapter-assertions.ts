@@ -1,3 +1,4 @@
+import { createHash, createHmac, pbkdf2Sync } from "node:crypto";
 import { createServer } from "node:net";
 import { expect } from "chai";
 import { AdapterError } from "../../adapters/types.ts";
@@ -31,4 +32,14 @@ export function capturingLogger(): { logger: Logger; lines: string[] } {
   const lines: string[] = [];
   const logger = createLogger({ level: "debug", sink: { write: (line: string) => lines.push(line) } });
   return { logger, lines };
+}
+
+/** Verifies a password against PostgreSQL's stored SCRAM-SHA-256 verifier (RFC 5802 / 7677). */
+export function scramVerifierMatches(verifier: string, password: string): boolean {
+  const match = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
+  if (!match) return false;
+  const [, iterations, salt, storedKey] = match;
+  const salted = pbkdf2Sync(password, Buffer.from(salt ?? "", "base64"), Number(iterations), 32, "sha256");
+  const clientKey = createHmac("sha256", salted).update("Client Key").digest();
+  return createHash("sha256").update(clientKey).digest("base64") === storedKey;
 }
