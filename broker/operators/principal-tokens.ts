@@ -1,9 +1,9 @@
-import { createHash, hash, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
 import type { IntrospectorPrincipal, OperatorPrincipal } from "../identity/principal.ts";
 
 /** The sha256 of a bearer token, hex, as written in `tokenSha256`. */
 export function sha256Hex(token: string): string {
-  return createHash("sha256").update(token, "utf8").digest("hex");
+  return hash("sha256", token, "hex");
 }
 
 /**
