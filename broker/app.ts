@@ -43,11 +43,11 @@ export function createApp(broker: Broker): BrokerHttp {
     if (!logRequests) return;
     const started = process.hrtime.bigint();
     // Read now: Express rewrites req.url for mounted routers while it routes.
-    const path = (req.url ?? "").split("?")[0]?.slice(0, 200);
+    const path = (req.url ?? "").split("?")[0]?.slice(0, 200) ?? "";
     res.on("finish", () => {
-      broker.logger.info("request", {
+      broker.logger.request({
         requestId,
-        method: req.method,
+        method: req.method ?? "",
         path,
         status: res.statusCode,
         ms: Number(process.hrtime.bigint() - started) / 1e6,

@@ -53,12 +53,28 @@ export type LogLevel = "error" | "warn" | "info" | "debug";
 
 type Fields = Record<string, unknown>;
 
+/** What the line of one answered HTTP request says. */
+export interface RequestLine {
+  requestId: string;
+  method: string;
+  path: string;
+  status: number;
+  /** From the request's arrival to its answer's last byte handed to the socket. */
+  ms: number;
+}
+
 /** The broker's logger: a message and, optionally, fields, one JSON object per line. */
 export interface Logger {
   error(message: string, fields?: Fields): void;
   warn(message: string, fields?: Fields): void;
   info(message: string, fields?: Fields): void;
   debug(message: string, fields?: Fields): void;
+  /**
+   * The `info` line `request` with these fields, as `info` would write it. A broker answering
+   * thousands of requests a second writes one per answer: its fields are known, so it is
+   * formatted directly rather than field by field.
+   */
+  request(line: RequestLine): void;
   isLevelEnabled(level: LogLevel): boolean;
 }
 
@@ -93,6 +109,7 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
   stdout ??= options.sink
     ? undefined
     : pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 });
+  const destination = (options.sink ?? stdout) as pino.DestinationStream;
   const lines = pino(
     {
       level: options.level ?? "info",
@@ -101,7 +118,7 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
       timestamp,
       formatters: { level: (label) => ({ level: label }) },
     },
-    (options.sink ?? stdout) as pino.DestinationStream,
+    destination,
   );
   const at =
     (level: LogLevel) =>
@@ -114,6 +131,13 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
     warn: at("warn"),
     info: at("info"),
     debug: at("debug"),
+    request({ requestId, method, path, status, ms }) {
+      if (!lines.isLevelEnabled("info")) return;
+      // Field for field what `info("request", ...)` writes; only the path can hold what redact masks.
+      destination.write(
+        `{"level":"info"${timestamp()},"service":"jitkey","requestId":${JSON.stringify(requestId)},"method":${JSON.stringify(method)},"path":${JSON.stringify(redact(path))},"status":${status},"ms":${ms},"message":"request"}\n`,
+      );
+    },
     isLevelEnabled: (level) => lines.isLevelEnabled(level),
   };
 }

@@ -66,3 +66,41 @@ describe("redaction of log lines", () => {
     expect(logged({ audit: { ...audit, secret: "x" } }).audit).to.include({ secret: "[redacted]" });
   });
 });
+
+describe("request lines", () => {
+  function both(
+    line: Parameters<ReturnType<typeof createLogger>["request"]>[0],
+    level: "info" | "warn" = "info",
+  ) {
+    const lines: string[] = [];
+    const logger = createLogger({ level, sink: { write: (text: string) => lines.push(text) } });
+    logger.request(line);
+    logger.info("request", { ...line });
+    return lines;
+  }
+
+  it('writes what info("request", fields) writes, field for field and in the same order', () => {
+    const lines = both({
+      requestId: "req_1",
+      method: "POST",
+      path: '/v1/odd "path"\\ é\u0001',
+      status: 201,
+      ms: 1.234567,
+    });
+    expect(lines).to.have.length(2);
+    const [direct, general] = lines.map((text) => JSON.parse(text) as Record<string, unknown>);
+    expect(lines[0]?.endsWith("}\n")).to.equal(true);
+    expect(Object.keys(direct ?? {})).to.deep.equal(Object.keys(general ?? {}));
+    expect({ ...direct, timestamp: 0 }).to.deep.equal({ ...general, timestamp: 0 });
+    expect(direct).to.include({ level: "info", message: "request", path: '/v1/odd "path"\\ é\u0001' });
+  });
+
+  it("masks a credential in the path, and writes nothing below info", () => {
+    const jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln";
+    const [direct] = both({ requestId: "req_2", method: "GET", path: `/v1/x/${jwt}`, status: 404, ms: 0.5 });
+    expect(JSON.parse(direct ?? "{}").path).to.equal("/v1/x/[redacted]");
+    expect(both({ requestId: "req_3", method: "GET", path: "/", status: 200, ms: 1 }, "warn")).to.deep.equal(
+      [],
+    );
+  });
+});
