@@ -257,7 +257,7 @@ function readText(req: IncomingMessage): Promise<string> {
 }
 
 /** As body-parser's `json` (strict) and `urlencoded` (not extended) parse a body. */
-function parsePlainBody(type: PlainBodyType, raw: string, parameterLimit: number): unknown {
+export function parsePlainBody(type: PlainBodyType, raw: string, parameterLimit: number): unknown {
   // The parsers' decoder drops a byte order mark.
   const text = raw.charCodeAt(0) === 0xfeff ? raw.slice(1) : raw;
   if (text.length === 0) return {};
@@ -274,9 +274,24 @@ function parsePlainBody(type: PlainBodyType, raw: string, parameterLimit: number
   for (let count = 1, at = text.indexOf("&"); at !== -1; at = text.indexOf("&", at + 1))
     if (++count > parameterLimit) throw bodyError("parameters.too.many", 413);
   const form: Record<string, string | string[]> = Object.create(null);
-  for (const [name, value] of new URLSearchParams(text)) {
+  for (const [name, value] of formPairs(text)) {
     const seen = form[name];
     form[name] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value];
   }
   return form;
+}
+
+/**
+ * A form's name-value pairs, as `URLSearchParams` reads them. A body with nothing escaped
+ * (no `%`, no `+`: an introspection's token, a mint's fields) is split directly.
+ */
+function formPairs(text: string): Iterable<[string, string]> {
+  if (text.includes("%") || text.includes("+")) return new URLSearchParams(text);
+  const pairs: [string, string][] = [];
+  for (const part of text.split("&")) {
+    if (part === "") continue;
+    const equals = part.indexOf("=");
+    pairs.push(equals === -1 ? [part, ""] : [part.slice(0, equals), part.slice(equals + 1)]);
+  }
+  return pairs;
 }

@@ -1,6 +1,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { expect } from "chai";
+import { parsePlainBody } from "../../broker/http/hot-routes.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 
 interface Answer {
@@ -136,5 +137,31 @@ describe("hot routes read plain bodies exactly as the body parsers do", () => {
     for (const name of names(other.headers))
       expect(hot.headers.get(name), name).to.equal(other.headers.get(name));
     expect(hot.headers.get("content-security-policy")).to.include("default-src 'none'");
+  });
+});
+
+describe("a plain form body", () => {
+  /** The oracle: URLSearchParams, repeated names gathered into arrays. */
+  function bySearchParams(text: string): Record<string, string | string[]> {
+    const form: Record<string, string | string[]> = {};
+    for (const [name, value] of new URLSearchParams(text)) {
+      const seen = form[name];
+      form[name] = seen === undefined ? value : [...(Array.isArray(seen) ? seen : [seen]), value];
+    }
+    return form;
+  }
+
+  it("is read as URLSearchParams reads it, escaped or not", () => {
+    const token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln-_x";
+    for (const text of [
+      `token=${token}`,
+      `&token=${token}&&token_type_hint=access_token&`,
+      "flag&=only-value&a=b=c&a=&a",
+      "a+b=c+d&e=%41%zz&f=%E2%82%AC",
+      "===&&&=",
+    ]) {
+      const parsed = parsePlainBody("form", text, 100);
+      expect({ ...(parsed as object) }, text).to.deep.equal(bySearchParams(text));
+    }
   });
 });
