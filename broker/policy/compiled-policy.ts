@@ -33,6 +33,7 @@ import {
 } from "./claims.ts";
 import { type CompiledRule, compileRule, prepareRules, ruleApplies } from "./compile-rules.ts";
 import { PolicyLoadError } from "./policy-errors.ts";
+import { allowSurvivesShorterTtl } from "./shrinking-ttl.ts";
 
 /** What one policy generation is built from. */
 export interface PolicyInputs {
@@ -78,9 +79,23 @@ export interface PolicySource {
 /** Decisions one generation remembers (a few MB at most). */
 const DECISIONS_KEPT = 10_000;
 
+/** Sets `key`, first dropping the oldest entry when the map holds {@link DECISIONS_KEPT}. */
+function keep<V>(map: Map<string, V>, key: string, value: V): void {
+  if (map.size >= DECISIONS_KEPT && !map.has(key)) {
+    const oldest = map.keys().next().value;
+    if (oldest !== undefined) map.delete(oldest);
+  }
+  map.set(key, value);
+}
+
 export class CompiledPolicy {
   /** Cedar's answers, by the exact request asked (see {@link CompiledPolicy.authorize}). */
   readonly #decisions = new Map<string, CedarDecision>();
+  /**
+   * Introspection allows, by the request without its `ttlSeconds`, with the largest lifetime
+   * allowed — when no policy can turn an allow into a deny as that lifetime shrinks.
+   */
+  readonly #introspectAllows: Map<string, { decision: CedarDecision; ttlSeconds: number }> | undefined;
   /** `jitkey-<sha256 of schema and policy set>`: equal fingerprints decide alike. */
   readonly fingerprint: string;
   readonly schema: string;
@@ -145,6 +160,8 @@ export class CompiledPolicy {
     }
     this.#policies = policies;
     this.attributeUse = AttributeUse.of(policyJsons);
+    const ofEffect = sources.map(({ effect }, index) => ({ effect, json: policyJsons[index] as PolicyJson }));
+    if (allowSurvivesShorterTtl(ofEffect)) this.#introspectAllows = new Map();
     this.#resourceEntities = new Map(
       // With no resource attribute read, the resource is only compared by id: no entity needed.
       inputs.resources.map((resource) => [
@@ -191,17 +208,39 @@ export class CompiledPolicy {
     if (!this.#resourceEntities.has(resource))
       throw new Error(`resource ${resource} is not in this policy's catalog`);
     const context = requestContext(facts, this.attributeUse);
+    const { ttlSeconds, ...timeless } = context;
+    if (action === "introspect" && this.#introspectAllows && typeof ttlSeconds === "number")
+      return this.#introspect(this.#introspectAllows, agent, resource, context, ttlSeconds, timeless);
     // A request carries only what some policy reads (the time, say, only if a policy reads it),
     // so equal requests get equal answers from this immutable generation: ask Cedar once.
     const key = JSON.stringify([action, resource, agent.entity, context]);
     const remembered = this.#decisions.get(key);
     if (remembered) return remembered;
     const decision = this.#ask(action, agent, resource, context);
-    if (this.#decisions.size >= DECISIONS_KEPT) {
-      const oldest = this.#decisions.keys().next().value;
-      if (oldest !== undefined) this.#decisions.delete(oldest);
-    }
-    this.#decisions.set(key, decision);
+    keep(this.#decisions, key, decision);
+    return decision;
+  }
+
+  /**
+   * Introspection asks about the same live lease again and again, with its remaining lifetime
+   * one second shorter each time. When the policies allow for it (see
+   * {@link allowSurvivesShorterTtl}), an allow for a lifetime answers every shorter one: Cedar
+   * is asked again only for a longer lifetime, or after a deny. The policy ids are those of the
+   * allow remembered; an allowed introspection records none.
+   */
+  #introspect(
+    allows: Map<string, { decision: CedarDecision; ttlSeconds: number }>,
+    agent: AgentView,
+    resource: string,
+    context: ReturnType<typeof requestContext>,
+    ttlSeconds: number,
+    timeless: Omit<ReturnType<typeof requestContext>, "ttlSeconds">,
+  ): CedarDecision {
+    const key = JSON.stringify([resource, agent.entity, timeless]);
+    const held = allows.get(key);
+    if (held && ttlSeconds <= held.ttlSeconds) return held.decision;
+    const decision = this.#ask("introspect", agent, resource, context);
+    if (decision.allowed) keep(allows, key, { decision, ttlSeconds });
     return decision;
   }
 

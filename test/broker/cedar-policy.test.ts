@@ -9,7 +9,12 @@ import type { ClaimType, Classification, PolicyRule } from "../../broker/config.
 import { PolicyDeniedError } from "../../broker/errors.ts";
 import { readCedarFiles } from "../../broker/policy/cedar-files.ts";
 import { agentEntity, requestContext, resourceEntity } from "../../broker/policy/cedar-request.ts";
-import { checkParseContext, checkParseEntities, checkParseSchema } from "../../broker/policy/cedar-wasm.ts";
+import {
+  checkParseContext,
+  checkParseEntities,
+  checkParseSchema,
+  policyToJson,
+} from "../../broker/policy/cedar-wasm.ts";
 import { CompiledPolicy } from "../../broker/policy/compiled-policy.ts";
 import {
   type AgentLike,
@@ -18,6 +23,7 @@ import {
   type TaskDecision,
 } from "../../broker/policy/policy-engine.ts";
 import { PolicyLoadError } from "../../broker/policy/policy-errors.ts";
+import { allowSurvivesShorterTtl } from "../../broker/policy/shrinking-ttl.ts";
 import {
   catalogEntry,
   cedarFixture,
@@ -603,6 +609,112 @@ describe("Cedar policy engine", () => {
         allowed: false,
         reason: "forbidden by policy stop-old-tasks",
         policyIds: ["stop-old-tasks"],
+      });
+    });
+  });
+
+  describe("introspection as a lease's remaining lifetime shrinks", () => {
+    /** Whether the analysis lets one allow answer shorter lifetimes, for these Cedar policies. */
+    function survives(...texts: string[]): boolean {
+      return allowSurvivesShorterTtl(
+        texts.map((text) => {
+          const parsed = policyToJson(text);
+          if (parsed.type === "failure") throw new Error(parsed.errors.map((e) => e.message).join("; "));
+          return { effect: parsed.json.effect, json: parsed.json };
+        }),
+      );
+    }
+    const permit = (condition: string) => `permit (principal, action, resource) ${condition};`;
+    const forbid = (condition: string) => `forbid (principal, action, resource) ${condition};`;
+
+    it("holds only for bounds a shorter lifetime cannot turn against the request", () => {
+      expect(survives(permit("when { context.ttlSeconds <= 600 }"))).to.equal(true);
+      expect(survives(permit("when { 600 > context.ttlSeconds && context has ttlSeconds }"))).to.equal(true);
+      expect(survives(permit("unless { context.ttlSeconds > 600 }"))).to.equal(true);
+      expect(
+        survives(permit("when { !(context.ttlSeconds >= 600) || context.task.ttlSeconds > 5 }")),
+      ).to.equal(true);
+      expect(survives(forbid("when { context.ttlSeconds > 3600 }"))).to.equal(true);
+      expect(survives(forbid("unless { context.ttlSeconds <= 3600 }"))).to.equal(true);
+      // A lower bound in a permit, an upper one in a forbid: a shorter lifetime can deny.
+      expect(survives(permit("when { context.ttlSeconds >= 60 }"))).to.equal(false);
+      expect(survives(permit("unless { context.ttlSeconds < 60 }"))).to.equal(false);
+      expect(survives(forbid("when { context.ttlSeconds < 60 }"))).to.equal(false);
+      expect(
+        survives(permit("when { context.ttlSeconds <= 600 }"), forbid("when { 60 > context.ttlSeconds }")),
+      ).to.equal(false);
+      // Uses the analysis cannot order: under if, compared with non-literals, equality, the whole context.
+      expect(survives(permit("when { if context.ttlSeconds < 5 then true else false }"))).to.equal(false);
+      expect(survives(permit("when { context.ttlSeconds <= context.task.ttlSeconds }"))).to.equal(false);
+      expect(survives(permit("when { context.ttlSeconds == 5 }"))).to.equal(false);
+      expect(survives(permit("when { (context.ttlSeconds <= 5) == true }"))).to.equal(false);
+      expect(survives(permit('when { context == {"ttlSeconds": 5} }'))).to.equal(false);
+      // Not reading it at all, or reading only the task's own lifetime, is safe.
+      expect(survives(permit("when { context.task.ttlSeconds >= 60 }"))).to.equal(true);
+    });
+
+    const clock = new ManualClock(Date.UTC(2025, 5, 2, 10));
+    const task = {
+      ...approvedTask("api", ["read"]),
+      createdAt: new Date(clock.now() - 60_000).toISOString(),
+    };
+    const lease = {
+      resource: "api",
+      scopes: ["read"],
+      expiresAt: new Date(clock.now() + 120_000).toISOString(),
+    };
+    const rule = yamlRule({ name: "api", agents: ["ci:*"], resources: ["api"], maxTtlSeconds: 600 });
+
+    it("answers a shorter lifetime with the allow already decided, when the policies allow it", () => {
+      const engine = new PolicyEngine({ resources: catalog, policies: [rule] }, { clock });
+      const compiled = CompiledPolicy.compile({ resources: catalog, policies: [rule] });
+      const view = compiled.view({ id: CI_MAIN.id });
+      const ask = (ttlSeconds: number) =>
+        compiled.authorize("introspect", view, "api", {
+          task: {
+            goal: "g",
+            resources: ["api"],
+            scopes: ["read"],
+            classification: "internal",
+            ageSeconds: 60,
+          },
+          scopes: ["read"],
+          ttlSeconds,
+          now: clock.now(),
+        });
+      const first = ask(120);
+      expect(first.allowed).to.equal(true);
+      // The same decision object: Cedar was not asked again for 119 or 1 seconds left.
+      expect(ask(119)).to.equal(first);
+      expect(ask(1)).to.equal(first);
+      // A longer lifetime is asked afresh, and a denied one is never remembered as an allow.
+      expect(ask(601).allowed).to.equal(false);
+      expect(ask(300)).to.not.equal(first);
+      expect(engine.stillPermitted(lease, task).allowed).to.equal(true);
+    });
+
+    it("asks Cedar again each time when a shorter lifetime could deny", () => {
+      const engine = new PolicyEngine(
+        { resources: catalog, policies: [rule] },
+        {
+          clock,
+          cedarFiles: [
+            {
+              path: "short.cedar",
+              text: '@id("too-short")\nforbid (principal, action == Jitkey::Action::"introspect", resource)\nwhen { context has ttlSeconds && context.ttlSeconds < 60 };\n',
+            },
+          ],
+        },
+      );
+      const at = (secondsLeft: number) => ({
+        ...lease,
+        expiresAt: new Date(clock.now() + secondsLeft * 1000).toISOString(),
+      });
+      expect(engine.stillPermitted(at(120), task).allowed).to.equal(true);
+      expect(engine.stillPermitted(at(61), task).allowed).to.equal(true);
+      expect(engine.stillPermitted(at(59), task)).to.deep.include({
+        allowed: false,
+        policyIds: ["too-short"],
       });
     });
   });
