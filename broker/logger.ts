@@ -85,12 +85,42 @@ export interface LogSink {
 
 /**
  * Standard output, shared by every logger of the process so that their lines stay in order.
- * Written asynchronously, in writes of at least 4 KiB or every 100 ms, whichever comes first:
- * a busy broker logs a line per request, and a write per line would be a system call each.
- * What is pending when the process exits is written synchronously first, so only a SIGKILL
- * can lose the lines of the last 100 ms.
+ * Lines are gathered for the rest of the event loop's turn and handed over together to an
+ * asynchronous writer (sonic-boom) that writes at least 4 KiB at a time, or what it has every
+ * 100 ms: a busy broker logs a line per request, and a system call per line would cost more
+ * than the request. Handed over one by one they would cost too: the writer measures its whole
+ * pending buffer on each write. What is pending when the process exits is written
+ * synchronously first, so only a SIGKILL can lose the lines of the last 100 ms.
  */
-let stdout: pino.DestinationStream | undefined;
+let stdout: LineBatch | undefined;
+
+/** Lines gathered until the end of the event loop's turn (or 16 KiB), then written as one. */
+class LineBatch implements LogSink {
+  #lines: string[] = [];
+  #size = 0;
+
+  constructor(readonly writer: pino.DestinationStream & { flushSync(): void }) {
+    process.on("exit", () => {
+      this.flush();
+      writer.flushSync();
+    });
+  }
+
+  write(line: string): void {
+    if (this.#lines.length === 0) setImmediate(() => this.flush());
+    this.#lines.push(line);
+    this.#size += line.length;
+    if (this.#size >= 16_384) this.flush();
+  }
+
+  flush(): void {
+    if (this.#lines.length === 0) return;
+    const text = this.#lines.join("");
+    this.#lines = [];
+    this.#size = 0;
+    this.writer.write(text);
+  }
+}
 
 /** The `timestamp` field of a line; a busy broker logs many lines in the same millisecond. */
 let stamped = { at: 0, field: "" };
@@ -108,8 +138,8 @@ function timestamp(): string {
 export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {}): Logger {
   stdout ??= options.sink
     ? undefined
-    : pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 });
-  const destination = (options.sink ?? stdout) as pino.DestinationStream;
+    : new LineBatch(pino.destination({ dest: 1, sync: false, minLength: 4096, periodicFlush: 100 }));
+  const destination = (options.sink ?? stdout) as LogSink;
   const lines = pino(
     {
       level: options.level ?? "info",
@@ -118,7 +148,7 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
       timestamp,
       formatters: { level: (label) => ({ level: label }) },
     },
-    destination,
+    destination as pino.DestinationStream,
   );
   const at =
     (level: LogLevel) =>
