@@ -19,16 +19,12 @@ function isSecretField(field: string): boolean {
 }
 const secretFields = new Map<string, boolean>();
 
-/** Marks an object that holds only what {@link redact} made: nothing in it to redact again. */
-const REDACTED = Symbol("redacted");
-
 /** Returns a copy of `value` with secret fields replaced by "[redacted]". */
 export function redact(value: unknown, depth = 0): unknown {
   if (depth > 8) return "[truncated]";
   if (typeof value === "string") return value.replace(SECRET_VALUE, "[redacted]");
   if (Array.isArray(value)) return value.map((item) => redact(item, depth + 1));
   if (value && typeof value === "object") {
-    if ((value as { [REDACTED]?: true })[REDACTED]) return value;
     if (value instanceof Error) return { name: value.name, message: redact(value.message, depth + 1) };
     const out: Record<string, unknown> = {};
     for (const [field, inner] of Object.entries(value))
@@ -36,16 +32,6 @@ export function redact(value: unknown, depth = 0): unknown {
     return out;
   }
   return value;
-}
-
-/**
- * Marks an object built only from {@link redact}'s output (and values known to be safe, such
- * as ids) so that logging it does not redact it again. It must not be changed afterwards.
- */
-export function alreadyRedacted<T extends object>(value: T): T {
-  // A symbol key, not enumerable: invisible to JSON and the log writer, and not carried over by
-  // a spread, so a copy with more fields is checked again.
-  return Object.defineProperty(value, REDACTED, { value: true });
 }
 
 /** The levels the broker logs at (config `log.level`), most severe first. */
@@ -75,6 +61,12 @@ export interface Logger {
    * formatted directly rather than field by field.
    */
   request(line: RequestLine): void;
+  /**
+   * The `info` line `message` whose one field `field` is `json`: JSON the caller serialized
+   * from values already redacted (an audit event as stored), written as it is — what
+   * `info(message, { [field]: JSON.parse(json) })` would write, without parsing it back.
+   */
+  infoWithJson(message: string, field: string, json: string): void;
   isLevelEnabled(level: LogLevel): boolean;
 }
 
@@ -166,6 +158,12 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
       // Field for field what `info("request", ...)` writes; only the path can hold what redact masks.
       destination.write(
         `{"level":"info"${timestamp()},"service":"jitkey","requestId":${JSON.stringify(requestId)},"method":${JSON.stringify(method)},"path":${JSON.stringify(redact(path))},"status":${status},"ms":${ms},"message":"request"}\n`,
+      );
+    },
+    infoWithJson(message, field, json) {
+      if (!lines.isLevelEnabled("info")) return;
+      destination.write(
+        `{"level":"info"${timestamp()},"service":"jitkey",${JSON.stringify(field)}:${json},"message":${JSON.stringify(redact(message))}}\n`,
       );
     },
     isLevelEnabled: (level) => lines.isLevelEnabled(level),

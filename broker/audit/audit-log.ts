@@ -4,7 +4,7 @@ import type { Clock } from "../clock.ts";
 import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
 import type { Logger } from "../logger.ts";
-import { alreadyRedacted, redact } from "../logger.ts";
+import { redact } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
 
@@ -135,8 +135,8 @@ function bounded(value: unknown, depth = 0): unknown {
   return value;
 }
 
-/** The audit events a write carries, kept to log them once the write is applied. */
-const pendingLogs = new WeakMap<AtomicWrite, Omit<AuditEvent, "id">[]>();
+/** The audit events a write carries, as stored (JSON), kept to log them once the write is applied. */
+const pendingLogs = new WeakMap<AtomicWrite, string[]>();
 
 /**
  * The audit trail. Each event is stored once, in its shard's Redis stream, written in the
@@ -170,12 +170,10 @@ export class AuditLog {
     const indexKeys: string[] = [];
     if (input.taskId) indexKeys.push(shard.auditOfTask(input.taskId));
     if (input.agentId) indexKeys.push(shard.auditOfAgent(input.agentId));
-    write.event(
-      { json: JSON.stringify(body), indexKeys, publish: notificationName(input) !== undefined },
-      options,
-    );
+    const json = JSON.stringify(body);
+    write.event({ json, indexKeys, publish: notificationName(input) !== undefined }, options);
     const logs = pendingLogs.get(write) ?? [];
-    logs.push(body);
+    logs.push(json);
     pendingLogs.set(write, logs);
   }
 
@@ -295,11 +293,12 @@ export class AuditLog {
     const logs = pendingLogs.get(write);
     // Nothing to build when nobody reads audit lines (log.level above info).
     if (!logs || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
-    logs.forEach((body, i) => {
+    logs.forEach((json, i) => {
       const streamId = result.eventIds[i];
-      const id = streamId ? publicEventId(streamId, write.shard.index) : undefined;
-      // The body was redacted when the event was added; the id is the broker's own.
-      this.deps.logger.info("audit", { audit: alreadyRedacted({ id, ...body }) });
+      // The event was redacted when it was added, and is logged as it was stored, its id first.
+      const id = streamId ? `"id":${JSON.stringify(publicEventId(streamId, write.shard.index))}` : "";
+      const line = id && json !== "{}" ? `{${id},${json.slice(1)}` : id ? `{${id}}` : json;
+      this.deps.logger.infoWithJson("audit", "audit", line);
     });
   }
 }

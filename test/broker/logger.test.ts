@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { expect } from "chai";
-import { alreadyRedacted, createLogger } from "../../broker/logger.ts";
+import { createLogger } from "../../broker/logger.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 
@@ -57,14 +57,6 @@ describe("redaction of log lines", () => {
     const line = logged({ outer: { clientSecret: "s3cret", note: "Bearer abc.def", tokenSha256: "ab12" } });
     expect(line.outer).to.deep.equal({ clientSecret: "[redacted]", note: "[redacted]", tokenSha256: "ab12" });
   });
-
-  it("writes an object marked as already redacted as it is, without the mark", () => {
-    const audit = alreadyRedacted({ id: "1-0-3", leaseId: "lse_1", reason: "expired" });
-    const line = logged({ audit });
-    expect(line.audit).to.deep.equal({ id: "1-0-3", leaseId: "lse_1", reason: "expired" });
-    // The mark is the caller's promise: an unmarked copy of the same fields is checked again.
-    expect(logged({ audit: { ...audit, secret: "x" } }).audit).to.include({ secret: "[redacted]" });
-  });
 });
 
 describe("request lines", () => {
@@ -102,5 +94,19 @@ describe("request lines", () => {
     expect(both({ requestId: "req_3", method: "GET", path: "/", status: 200, ms: 1 }, "warn")).to.deep.equal(
       [],
     );
+  });
+});
+
+describe("lines with a field already serialized", () => {
+  it("writes what info(message, { field: parsed }) writes", () => {
+    const json = JSON.stringify({ id: "1-0-3", at: "2026-01-01T00:00:00.000Z", note: 'a "quote" é' });
+    const lines: string[] = [];
+    const logger = createLogger({ sink: { write: (text: string) => lines.push(text) } });
+    logger.infoWithJson("audit", "audit", json);
+    logger.info("audit", { audit: JSON.parse(json) });
+    const [direct, general] = lines.map((text) => JSON.parse(text) as Record<string, unknown>);
+    expect(Object.keys(direct ?? {})).to.deep.equal(Object.keys(general ?? {}));
+    expect({ ...direct, timestamp: 0 }).to.deep.equal({ ...general, timestamp: 0 });
+    expect(direct?.audit).to.deep.equal(JSON.parse(json));
   });
 });
