@@ -55,16 +55,35 @@ for _, op in ipairs(spec.o or {}) do
 end
 local moved = {}
 if spec.m then
+  -- A thousand members a call: a task with 10,000 live leases holds Redis for a few calls, not 40,000.
   local members = redis.call('ZRANGE', KEYS[spec.m.src], 0, -1)
-  for _, member in ipairs(members) do
-    for _, from in ipairs(spec.m.from) do
-      if redis.call('ZSCORE', KEYS[from], member) then
-        redis.call('ZREM', KEYS[from], member)
-        redis.call('ZADD', KEYS[spec.m.to], spec.m.score, member)
-        moved[#moved + 1] = member
-        break
+  local taken = {}
+  for _, from in ipairs(spec.m.from) do
+    for first = 1, #members, 1000 do
+      local chunk = {}
+      for i = first, math.min(first + 999, #members) do
+        if not taken[members[i]] then chunk[#chunk + 1] = members[i] end
+      end
+      if #chunk > 0 then
+        local scores = redis.call('ZMSCORE', KEYS[from], unpack(chunk))
+        local found, scored = {}, {}
+        for i, member in ipairs(chunk) do
+          if scores[i] then
+            taken[member] = true
+            found[#found + 1] = member
+            scored[#scored + 1] = spec.m.score
+            scored[#scored + 1] = member
+          end
+        end
+        if #found > 0 then
+          redis.call('ZREM', KEYS[from], unpack(found))
+          redis.call('ZADD', KEYS[spec.m.to], unpack(scored))
+        end
       end
     end
+  end
+  for _, member in ipairs(members) do
+    if taken[member] then moved[#moved + 1] = member end
   end
 end
 local ids = {}
