@@ -649,6 +649,14 @@ describe("Cedar policy engine", () => {
       expect(survives(permit("when { context.ttlSeconds == 5 }"))).to.equal(false);
       expect(survives(permit("when { (context.ttlSeconds <= 5) == true }"))).to.equal(false);
       expect(survives(permit('when { context == {"ttlSeconds": 5} }'))).to.equal(false);
+      // A record literal's attribute names are the author's, never operators.
+      expect(survives(forbid('when { {"has": 0, "t": context.ttlSeconds < 60}.t }'))).to.equal(false);
+      expect(survives(permit('when { {"&&": 0, "t": context.ttlSeconds}.t >= 60 }'))).to.equal(false);
+      expect(survives(permit('when { {"!": context.ttlSeconds >= 60}["!"] }'))).to.equal(false);
+      expect(survives(permit('when { {"t": context.ttlSeconds <= 60}.t }'))).to.equal(false);
+      expect(survives(permit('when { {"limit": 600}.limit >= 5 && principal is Jitkey::Agent }'))).to.equal(
+        true,
+      );
       // Not reading it at all, or reading only the task's own lifetime, is safe.
       expect(survives(permit("when { context.task.ttlSeconds >= 60 }"))).to.equal(true);
     });
