@@ -282,11 +282,14 @@ export function parsePlainBody(type: PlainBodyType, raw: string, parameterLimit:
 }
 
 /**
- * A form's name-value pairs, as `URLSearchParams` reads them. A body with nothing escaped
+ * A form's name-value pairs, as `URLSearchParams` reads them (but for a leading `?`, kept as
+ * the body parser keeps it). A body with nothing escaped
  * (no `%`, no `+`: an introspection's token, a mint's fields) is split directly.
  */
 function formPairs(text: string): Iterable<[string, string]> {
-  if (text.includes("%") || text.includes("+")) return new URLSearchParams(text);
+  // URLSearchParams drops a leading `?`; the body parser keeps it in the first name, and so does this.
+  if (text.includes("%") || text.includes("+"))
+    return new URLSearchParams(text.startsWith("?") ? `&${text}` : text);
   const pairs: [string, string][] = [];
   for (const part of text.split("&")) {
     if (part === "") continue;
