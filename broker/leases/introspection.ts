@@ -1,3 +1,4 @@
+import { hash } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
 import { type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { AuditLog } from "../audit/audit-log.ts";
@@ -63,7 +64,7 @@ export interface CredentialAssessment {
 /** How often, at most, a lease's inactive answers are written to the audit trail. */
 const INACTIVE_AUDIT_EVERY_MS = 60_000;
 
-/** Verified credentials, by token, until they expire: the signature need not be checked twice. */
+/** Verified credentials, by token digest, until they expire: the signature need not be checked twice. */
 const VERIFIED_CACHE_SIZE = 10_000;
 
 /**
@@ -249,12 +250,12 @@ export class Introspection {
 
   /** The token's claims if it is a broker-signed token that verifies now. */
   async verify(token: string, now: number): Promise<JWTPayload | undefined> {
-    // Keyed by the token itself: this process holds it while it answers anyway, and a map
-    // lookup costs less than a digest of it.
-    const cached = this.#verified.get(token);
+    // Keyed by a digest, not the token: a heap snapshot must not hold 10,000 live credentials.
+    const digest = hash("sha256", token, "base64url");
+    const cached = this.#verified.get(digest);
     if (cached) {
       if ((cached.exp ?? 0) * 1000 > now) return cached;
-      this.#verified.delete(token);
+      this.#verified.delete(digest);
     }
     try {
       const { payload } = await jwtVerify(token, this.deps.verifyKey, {
@@ -266,7 +267,7 @@ export class Introspection {
         const oldest = this.#verified.keys().next().value;
         if (oldest !== undefined) this.#verified.delete(oldest);
       }
-      this.#verified.set(token, payload);
+      this.#verified.set(digest, payload);
       return payload;
     } catch {
       return undefined;
