@@ -1,5 +1,6 @@
 import { hash } from "node:crypto";
 import { decodeJwt } from "jose";
+import { setBounded } from "../bounded-map.ts";
 import type { Clock } from "../clock.ts";
 import type { AgentPrincipal } from "./principal.ts";
 
@@ -54,10 +55,6 @@ export class VerifiedIdentities implements IdentityVerifier {
   }
 
   private remember(key: string, entry: Entry): void {
-    if (this.#entries.size >= (this.options.maxEntries ?? 10_000)) {
-      const oldest = this.#entries.keys().next().value;
-      if (oldest !== undefined) this.#entries.delete(oldest);
-    }
-    this.#entries.set(key, entry);
+    setBounded(this.#entries, key, entry, this.options.maxEntries ?? 10_000);
   }
 }

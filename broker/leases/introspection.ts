@@ -2,6 +2,7 @@ import { hash } from "node:crypto";
 import type { Cluster, Redis } from "ioredis";
 import { type JWTPayload, type JWTVerifyGetKey, jwtVerify } from "jose";
 import type { AuditLog } from "../audit/audit-log.ts";
+import { setBounded } from "../bounded-map.ts";
 import type { Clock } from "../clock.ts";
 import type { RecordChanges } from "../events/record-changes.ts";
 import { actorOf, type IntrospectorPrincipal, type OperatorPrincipal } from "../identity/principal.ts";
@@ -263,11 +264,7 @@ export class Introspection {
         algorithms: ["ES256", "EdDSA"],
         currentDate: new Date(now),
       });
-      if (this.#verified.size >= VERIFIED_CACHE_SIZE) {
-        const oldest = this.#verified.keys().next().value;
-        if (oldest !== undefined) this.#verified.delete(oldest);
-      }
-      this.#verified.set(digest, payload);
+      setBounded(this.#verified, digest, payload, VERIFIED_CACHE_SIZE);
       return payload;
     } catch {
       return undefined;
@@ -280,11 +277,12 @@ export class Introspection {
     const cached = this.#decisions.get(lease.id);
     if (cached && cached.generation === policy.generation && cached.until > now) return cached.check;
     const check = policy.stillPermitted(lease, task);
-    if (this.#decisions.size >= VERIFIED_CACHE_SIZE) {
-      const oldest = this.#decisions.keys().next().value;
-      if (oldest !== undefined) this.#decisions.delete(oldest);
-    }
-    this.#decisions.set(lease.id, { generation: policy.generation, until: now + POLICY_DECISION_MS, check });
+    setBounded(
+      this.#decisions,
+      lease.id,
+      { generation: policy.generation, until: now + POLICY_DECISION_MS, check },
+      VERIFIED_CACHE_SIZE,
+    );
     return check;
   }
 

@@ -1,5 +1,6 @@
 import { AdapterError, type CredentialAdapter, type IssuedCredential } from "../../adapters/types.ts";
 import type { AuditLog } from "../audit/audit-log.ts";
+import { setBounded } from "../bounded-map.ts";
 import type { Clock } from "../clock.ts";
 import type { ResourceConfig } from "../config.ts";
 import {
@@ -130,11 +131,7 @@ export class LeaseMinter {
 
   private remember(task: Task): void {
     if (this.#approved.has(task.id)) return;
-    if (this.#approved.size >= 10_000) {
-      const oldest = this.#approved.keys().next().value;
-      if (oldest !== undefined) this.#approved.delete(oldest);
-    }
-    this.#approved.set(task.id, task);
+    setBounded(this.#approved, task.id, task, 10_000);
   }
 
   /** Policy as it is now, the adapter's limits, and the lease they allow. */

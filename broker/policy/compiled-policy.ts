@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Effect, EntityJson, Policy, PolicyJson } from "@cedar-policy/cedar-wasm/nodejs";
+import { setBounded } from "../bounded-map.ts";
 import type { ClaimType, PolicyRule, ResourceConfig } from "../config.ts";
 import { AttributeUse } from "./attribute-use.ts";
 import { type CedarFile, parseCedarFile } from "./cedar-files.ts";
@@ -78,15 +79,6 @@ export interface PolicySource {
  */
 /** Decisions one generation remembers (a few MB at most). */
 const DECISIONS_KEPT = 10_000;
-
-/** Sets `key`, first dropping the oldest entry when the map holds {@link DECISIONS_KEPT}. */
-function keep<V>(map: Map<string, V>, key: string, value: V): void {
-  if (map.size >= DECISIONS_KEPT && !map.has(key)) {
-    const oldest = map.keys().next().value;
-    if (oldest !== undefined) map.delete(oldest);
-  }
-  map.set(key, value);
-}
 
 export class CompiledPolicy {
   /** Cedar's answers, by the exact request asked (see {@link CompiledPolicy.authorize}). */
@@ -208,16 +200,15 @@ export class CompiledPolicy {
     if (!this.#resourceEntities.has(resource))
       throw new Error(`resource ${resource} is not in this policy's catalog`);
     const context = requestContext(facts, this.attributeUse);
-    const { ttlSeconds, ...timeless } = context;
-    if (action === "introspect" && this.#introspectAllows && typeof ttlSeconds === "number")
-      return this.#introspect(this.#introspectAllows, agent, resource, context, ttlSeconds, timeless);
+    if (action === "introspect" && this.#introspectAllows && typeof context.ttlSeconds === "number")
+      return this.#introspect(this.#introspectAllows, agent, resource, context, context.ttlSeconds);
     // A request carries only what some policy reads (the time, say, only if a policy reads it),
     // so equal requests get equal answers from this immutable generation: ask Cedar once.
     const key = JSON.stringify([action, resource, agent.entity, context]);
     const remembered = this.#decisions.get(key);
     if (remembered) return remembered;
     const decision = this.#ask(action, agent, resource, context);
-    keep(this.#decisions, key, decision);
+    setBounded(this.#decisions, key, decision, DECISIONS_KEPT);
     return decision;
   }
 
@@ -234,13 +225,13 @@ export class CompiledPolicy {
     resource: string,
     context: ReturnType<typeof requestContext>,
     ttlSeconds: number,
-    timeless: Omit<ReturnType<typeof requestContext>, "ttlSeconds">,
   ): CedarDecision {
+    const { ttlSeconds: _, ...timeless } = context;
     const key = JSON.stringify([resource, agent.entity, timeless]);
     const held = allows.get(key);
     if (held && ttlSeconds <= held.ttlSeconds) return held.decision;
     const decision = this.#ask("introspect", agent, resource, context);
-    if (decision.allowed) keep(allows, key, { decision, ttlSeconds });
+    if (decision.allowed) setBounded(allows, key, { decision, ttlSeconds }, DECISIONS_KEPT);
     return decision;
   }
 
