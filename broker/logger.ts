@@ -114,6 +114,9 @@ class LineBatch implements LogSink {
   }
 }
 
+/** The `service` field of every line. */
+const SERVICE = "jitkey";
+
 /** The `timestamp` field of a line; a busy broker logs many lines in the same millisecond. */
 let stamped = { at: 0, field: "" };
 function timestamp(): string {
@@ -136,12 +139,18 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
     {
       level: options.level ?? "info",
       messageKey: "message",
-      base: { service: "jitkey" },
+      base: { service: SERVICE },
       timestamp,
       formatters: { level: (label) => ({ level: label }) },
     },
     destination as pino.DestinationStream,
   );
+  /** An `info` line written directly, in pino's order: `fields` is JSON object members, `message` a JSON string. */
+  const infoLine = (fields: string, message: string): void => {
+    destination.write(
+      `{"level":"info"${timestamp()},"service":"${SERVICE}",${fields},"message":${message}}\n`,
+    );
+  };
   const at =
     (level: LogLevel) =>
     (message: string, fields?: Fields): void => {
@@ -156,15 +165,14 @@ export function createLogger(options: { level?: LogLevel; sink?: LogSink } = {})
     request({ requestId, method, path, status, ms }) {
       if (!lines.isLevelEnabled("info")) return;
       // Field for field what `info("request", ...)` writes; only the path can hold what redact masks.
-      destination.write(
-        `{"level":"info"${timestamp()},"service":"jitkey","requestId":${JSON.stringify(requestId)},"method":${JSON.stringify(method)},"path":${JSON.stringify(redact(path))},"status":${status},"ms":${ms},"message":"request"}\n`,
+      infoLine(
+        `"requestId":${JSON.stringify(requestId)},"method":${JSON.stringify(method)},"path":${JSON.stringify(redact(path))},"status":${status},"ms":${ms}`,
+        '"request"',
       );
     },
     infoWithJson(message, field, json) {
       if (!lines.isLevelEnabled("info")) return;
-      destination.write(
-        `{"level":"info"${timestamp()},"service":"jitkey",${JSON.stringify(field)}:${json},"message":${JSON.stringify(redact(message))}}\n`,
-      );
+      infoLine(`${JSON.stringify(field)}:${json}`, JSON.stringify(redact(message)));
     },
     isLevelEnabled: (level) => lines.isLevelEnabled(level),
   };

@@ -295,9 +295,11 @@ export class AuditLog {
     if (!logs || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
     logs.forEach((json, i) => {
       const streamId = result.eventIds[i];
-      // The event was redacted when it was added, and is logged as it was stored, its id first.
-      const id = streamId ? `"id":${JSON.stringify(publicEventId(streamId, write.shard.index))}` : "";
-      const line = id && json !== "{}" ? `{${id},${json.slice(1)}` : id ? `{${id}}` : json;
+      // The event was redacted when it was added, and is logged as it was stored, its id first
+      // (a stored event always holds `at`, so there is a member to put it before).
+      const line = streamId
+        ? `{"id":${JSON.stringify(publicEventId(streamId, write.shard.index))},${json.slice(1)}`
+        : json;
       this.deps.logger.infoWithJson("audit", "audit", line);
     });
   }
