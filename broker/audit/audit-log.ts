@@ -135,9 +135,6 @@ function bounded(value: unknown, depth = 0): unknown {
   return value;
 }
 
-/** The audit events a write carries, as stored (JSON), kept to log them once the write is applied. */
-const pendingLogs = new WeakMap<AtomicWrite, string[]>();
-
 /**
  * The audit trail. Each event is stored once, in its shard's Redis stream, written in the
  * same Lua script as the state change it records; per-task and per-agent lists of event ids
@@ -172,9 +169,6 @@ export class AuditLog {
     if (input.agentId) indexKeys.push(shard.auditOfAgent(input.agentId));
     const json = JSON.stringify(body);
     write.event({ json, indexKeys, publish: notificationName(input) !== undefined }, options);
-    const logs = pendingLogs.get(write) ?? [];
-    logs.push(json);
-    pendingLogs.set(write, logs);
   }
 
   /** Applies a write and logs the events it wrote. */
@@ -289,11 +283,11 @@ export class AuditLog {
     return keys.shard(randomInt(keys.shardCount));
   }
 
+  /** Logs the events of an applied write: only this log adds events to writes. */
   private logApplied(write: AtomicWrite, result: AtomicResult): void {
-    const logs = pendingLogs.get(write);
     // Nothing to build when nobody reads audit lines (log.level above info).
-    if (!logs || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
-    logs.forEach((json, i) => {
+    if (!write.hasEvents || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
+    for (let i = 0, json = write.eventJson(0); json !== undefined; json = write.eventJson(++i)) {
       const streamId = result.eventIds[i];
       // The event was redacted when it was added, and is logged as it was stored, its id first
       // (a stored event always holds `at`, so there is a member to put it before).
@@ -301,7 +295,7 @@ export class AuditLog {
         ? `{"id":${JSON.stringify(publicEventId(streamId, write.shard.index))},${json.slice(1)}`
         : json;
       this.deps.logger.infoWithJson("audit", "audit", line);
-    });
+    }
   }
 }
 

@@ -6,7 +6,7 @@ export type ChangeListener = (key: string | undefined) => void;
 
 /**
  * Tells this process which task and lease records other processes changed: every atomic write
- * that patches a record publishes the record's key on one channel. Local caches of record
+ * call publishes the keys of the records it patched on one channel. Local caches of record
  * state drop what changed, and drop everything (`undefined`) whenever the subscription was
  * interrupted, since messages sent meanwhile are lost.
  */
@@ -67,8 +67,9 @@ export class RecordChanges {
     );
     subscriber.on("close", reset);
     subscriber.on("ready", subscribe);
-    subscriber.on("message", (_channel: string, key: string) => {
-      for (const listener of this.#listeners) listener(key);
+    // A message names every record one script call patched, a line each.
+    subscriber.on("message", (_channel: string, message: string) => {
+      for (const key of message.split("\n")) for (const listener of this.#listeners) listener(key);
     });
   }
 }

@@ -113,9 +113,10 @@ export class Introspection {
       metrics: Metrics;
       clock: Clock;
     },
-  ) {
-    deps.changes.subscribe((key) => this.forget(key));
-  }
+  ) {}
+
+  /** Hears of changed records from the first introspection on: a worker process never needs to. */
+  #watching = false;
 
   async introspect(
     token: string,
@@ -166,6 +167,10 @@ export class Introspection {
    * One Redis read, two for a delegated credential (all in the task's shard).
    */
   async assess(token: string, now: number): Promise<CredentialAssessment> {
+    if (!this.#watching) {
+      this.#watching = true;
+      this.deps.changes.subscribe((key) => this.forget(key));
+    }
     const payload = await this.verify(token, now);
     if (!payload?.jti) return { verdict: "invalid_token" };
     const shard = this.deps.keys.forId(payload.jti);

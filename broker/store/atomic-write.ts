@@ -2,114 +2,126 @@ import type { Cluster, Redis } from "ioredis";
 import { type ShardKeys, sendEach } from "../redis.ts";
 
 /**
- * One atomic change to one shard: guards on records, a new record or a patch of the guarded
- * one, index updates, a fan-out of a task's leases, and the audit events that go with it, all
- * applied by one Lua script, so a crash can never leave a state change without its indexes
- * or its audit event. Every key must belong to the write's shard (one Redis Cluster slot).
+ * Atomic changes to one shard: each write has guards on records, a new record or a patch of
+ * the guarded one, index updates, a fan-out of a task's leases, and the audit events that go
+ * with it, all applied by one Lua script, so a crash can never leave a state change without
+ * its indexes or its audit event. Every key must belong to the writes' shard (one Redis
+ * Cluster slot). A call carries one write or many (`ARGV[1]` is a JSON array of them): each
+ * is applied, or refused by its own guards, on its own; one reply per write. The keys of
+ * patched records are published once per call (`ARGV[2]`, newline-separated).
  */
 const ATOMIC_WRITE_SCRIPT = `
-local spec = cjson.decode(ARGV[1])
-local record, raw
-for i, guard in ipairs(spec.g or {}) do
-  local current = redis.call('GET', KEYS[guard.k])
-  if not current then return {0, false, i} end
-  local decoded = cjson.decode(current)
-  local ok = false
-  for _, status in ipairs(guard.s) do
-    if decoded.status == status then ok = true end
-  end
-  if ok and guard.eq then
-    for field, value in pairs(guard.eq) do
-      local actual = decoded[field]
-      if actual == cjson.null then actual = nil end
-      if value == cjson.null then value = nil end
-      if actual ~= value then ok = false end
-    end
-  end
-  if ok and guard.gt then
-    for field, value in pairs(guard.gt) do
-      if type(decoded[field]) ~= 'string' or decoded[field] <= value then ok = false end
-    end
-  end
-  if not ok then return {0, current, i} end
-  if i == 1 then record, raw = decoded, current end
-end
-if spec.c then
-  if not redis.call('SET', KEYS[spec.c.k], spec.c.v, 'NX') then return {-1, false, 0} end
-end
-if spec.p then
-  for field, value in pairs(spec.p.f) do record[field] = value end
-  for _, field in ipairs(spec.p.u or {}) do record[field] = nil end
-  raw = cjson.encode(record)
-  local key = KEYS[spec.g[1].k]
-  if spec.p.t and spec.p.t > 0 then redis.call('SET', key, raw, 'EX', spec.p.t)
-  elseif spec.p.t == -1 then redis.call('SET', key, raw)
-  else redis.call('SET', key, raw, 'KEEPTTL') end
-  -- Processes that cache record state drop this one.
-  if spec.ck then redis.call('PUBLISH', spec.ck, key) end
-end
+local minId, indexTtl, liveChannel, shard = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local changed = {}
 local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
-for _, op in ipairs(spec.o or {}) do
-  if not allowed[op[1]] then return redis.error_reply('atomic write: op ' .. tostring(op[1])) end
-  redis.call(op[1], KEYS[op[2]], unpack(op, 3))
-end
-local moved = {}
-if spec.m then
-  -- A thousand members a call: a task with 10,000 live leases holds Redis for a few calls, not 40,000.
-  local members = redis.call('ZRANGE', KEYS[spec.m.src], 0, -1)
-  local taken = {}
-  for _, from in ipairs(spec.m.from) do
-    for first = 1, #members, 1000 do
-      local chunk = {}
-      for i = first, math.min(first + 999, #members) do
-        if not taken[members[i]] then chunk[#chunk + 1] = members[i] end
+
+local function apply(spec)
+  local record, raw
+  for i, guard in ipairs(spec.g or {}) do
+    local current = redis.call('GET', KEYS[guard.k])
+    if not current then return {0, false, i} end
+    local decoded = cjson.decode(current)
+    local ok = false
+    for _, status in ipairs(guard.s) do
+      if decoded.status == status then ok = true end
+    end
+    if ok and guard.eq then
+      for field, value in pairs(guard.eq) do
+        local actual = decoded[field]
+        if actual == cjson.null then actual = nil end
+        if value == cjson.null then value = nil end
+        if actual ~= value then ok = false end
       end
-      if #chunk > 0 then
-        local scores = redis.call('ZMSCORE', KEYS[from], unpack(chunk))
-        local found, scored = {}, {}
-        for i, member in ipairs(chunk) do
-          if scores[i] then
-            taken[member] = true
-            found[#found + 1] = member
-            scored[#scored + 1] = spec.m.score
-            scored[#scored + 1] = member
+    end
+    if ok and guard.gt then
+      for field, value in pairs(guard.gt) do
+        if type(decoded[field]) ~= 'string' or decoded[field] <= value then ok = false end
+      end
+    end
+    if not ok then return {0, current, i} end
+    if i == 1 then record, raw = decoded, current end
+  end
+  if spec.c then
+    if not redis.call('SET', KEYS[spec.c.k], spec.c.v, 'NX') then return {-1, false, 0} end
+  end
+  if spec.p then
+    for field, value in pairs(spec.p.f) do record[field] = value end
+    for _, field in ipairs(spec.p.u or {}) do record[field] = nil end
+    raw = cjson.encode(record)
+    local key = KEYS[spec.g[1].k]
+    if spec.p.t and spec.p.t > 0 then redis.call('SET', key, raw, 'EX', spec.p.t)
+    elseif spec.p.t == -1 then redis.call('SET', key, raw)
+    else redis.call('SET', key, raw, 'KEEPTTL') end
+    changed[#changed + 1] = key
+  end
+  for _, op in ipairs(spec.o or {}) do
+    if not allowed[op[1]] then error('atomic write: op ' .. tostring(op[1])) end
+    redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+  end
+  local moved = {}
+  if spec.m then
+    -- A thousand members a call: a task with 10,000 live leases holds Redis for a few calls, not 40,000.
+    local members = redis.call('ZRANGE', KEYS[spec.m.src], 0, -1)
+    local taken = {}
+    for _, from in ipairs(spec.m.from) do
+      for first = 1, #members, 1000 do
+        local chunk = {}
+        for i = first, math.min(first + 999, #members) do
+          if not taken[members[i]] then chunk[#chunk + 1] = members[i] end
+        end
+        if #chunk > 0 then
+          local scores = redis.call('ZMSCORE', KEYS[from], unpack(chunk))
+          local found, scored = {}, {}
+          for i, member in ipairs(chunk) do
+            if scores[i] then
+              taken[member] = true
+              found[#found + 1] = member
+              scored[#scored + 1] = spec.m.score
+              scored[#scored + 1] = member
+            end
+          end
+          if #found > 0 then
+            redis.call('ZREM', KEYS[from], unpack(found))
+            redis.call('ZADD', KEYS[spec.m.to], unpack(scored))
           end
         end
-        if #found > 0 then
-          redis.call('ZREM', KEYS[from], unpack(found))
-          redis.call('ZADD', KEYS[spec.m.to], unpack(scored))
-        end
       end
     end
-  end
-  for _, member in ipairs(members) do
-    if taken[member] then moved[#moved + 1] = member end
-  end
-end
-local ids = {}
-for i, event in ipairs(spec.e or {}) do
-  local json = event.j
-  if event.n then
-    local body = cjson.decode(json)
-    body[event.n] = #moved
-    json = cjson.encode(body)
-  end
-  local id = redis.call('XADD', KEYS[spec.x], 'MINID', '~', spec.mid, '*', 'e', json)
-  ids[i] = id
-  for _, index in ipairs(event.i or {}) do
-    redis.call('RPUSH', KEYS[index], id)
-    redis.call('EXPIRE', KEYS[index], spec.it)
-    -- Ids past retention point at trimmed events: drop a few from the head on every append.
-    for _ = 1, 8 do
-      local head = redis.call('LINDEX', KEYS[index], 0)
-      if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(spec.mid) then break end
-      redis.call('LPOP', KEYS[index])
+    for _, member in ipairs(members) do
+      if taken[member] then moved[#moved + 1] = member end
     end
   end
-  if event.p then redis.call('PUBLISH', spec.ch, spec.sh .. ' ' .. id .. ' ' .. json) end
+  local ids = {}
+  for i, event in ipairs(spec.e or {}) do
+    local json = event.j
+    if event.n then
+      local body = cjson.decode(json)
+      body[event.n] = #moved
+      json = cjson.encode(body)
+    end
+    local id = redis.call('XADD', KEYS[spec.x], 'MINID', '~', minId, '*', 'e', json)
+    ids[i] = id
+    for _, index in ipairs(event.i or {}) do
+      redis.call('RPUSH', KEYS[index], id)
+      redis.call('EXPIRE', KEYS[index], indexTtl)
+      -- Ids past retention point at trimmed events: drop a few from the head on every append.
+      for _ = 1, 8 do
+        local head = redis.call('LINDEX', KEYS[index], 0)
+        if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(minId) then break end
+        redis.call('LPOP', KEYS[index])
+      end
+    end
+    if event.p then redis.call('PUBLISH', liveChannel, shard .. ' ' .. id .. ' ' .. json) end
+  end
+  if spec.q then raw = false end
+  return {1, raw or false, 0, ids, moved}
 end
-if spec.q then raw = false end
-return {1, raw or false, 0, ids, moved}
+
+local replies = {}
+for i, spec in ipairs(cjson.decode(ARGV[1])) do replies[i] = apply(spec) end
+-- Processes that cache record state drop these.
+if #changed > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], table.concat(changed, '\\n')) end
+return replies
 `;
 
 type Op = [
@@ -155,6 +167,8 @@ export class AtomicWrite {
   readonly #ops: Op[] = [];
   #move: { src: number; from: number[]; to: number; score: string } | undefined;
   readonly #events: { j: string; i: number[]; p?: 1; n?: string }[] = [];
+  /** The audit stream's key number, once the write has an event. */
+  #stream: number | undefined;
   #quiet = false;
 
   constructor(readonly shard: ShardKeys) {}
@@ -255,6 +269,7 @@ export class AtomicWrite {
       j: event.json,
       i: event.indexKeys.map((key) => this.key(key)),
     };
+    this.#stream ??= this.key(this.shard.audit);
     if (event.publish) entry.p = 1;
     if (options.movedCountField) entry.n = options.movedCountField;
     this.#events.push(entry);
@@ -270,24 +285,28 @@ export class AtomicWrite {
     return this.#events[n]?.j;
   }
 
-  /** The script's argument. */
-  spec(audit: { minId: string; indexTtlSeconds: number; channel: string; changes?: string }): string {
-    const stream = this.#events.length > 0 ? this.key(this.shard.audit) : 0;
-    return JSON.stringify({
-      g: this.#guards.length > 0 ? this.#guards : undefined,
-      c: this.#create,
+  /**
+   * How the script reads this write, its key numbers (1-based, into this write's `keys`)
+   * turned into the call's by `number`.
+   */
+  spec(number: (local: number) => number): WriteSpec {
+    const move = this.#move;
+    return {
+      g:
+        this.#guards.length > 0 ? this.#guards.map((guard) => ({ ...guard, k: number(guard.k) })) : undefined,
+      c: this.#create ? { k: number(this.#create.k), v: this.#create.v } : undefined,
       p: this.#patch,
-      o: this.#ops.length > 0 ? this.#ops : undefined,
-      m: this.#move,
-      e: this.#events.length > 0 ? this.#events : undefined,
-      x: stream,
-      mid: audit.minId,
-      it: audit.indexTtlSeconds,
-      ch: audit.channel,
-      ck: this.#patch ? audit.changes : undefined,
-      sh: String(this.shard.index),
+      o: this.#ops.length > 0 ? this.#ops.map(([op, key, ...args]) => [op, number(key), ...args]) : undefined,
+      m: move
+        ? { src: number(move.src), from: move.from.map(number), to: number(move.to), score: move.score }
+        : undefined,
+      e:
+        this.#events.length > 0
+          ? this.#events.map((event) => ({ ...event, i: event.i.map(number) }))
+          : undefined,
+      x: this.#stream !== undefined ? number(this.#stream) : undefined,
       q: this.#quiet ? 1 : undefined,
-    });
+    };
   }
 
   private key(key: string): number {
@@ -317,10 +336,29 @@ export interface AtomicResult {
 
 type ScriptReply = [number, string | null, number, string[]?, string[]?];
 type Client = (Redis | Cluster) & {
-  jitkeyAtomicWrite(...args: string[]): Promise<ScriptReply>;
+  jitkeyAtomicWrite(...args: string[]): Promise<ScriptReply[]>;
 };
 
-/** Runs atomic writes (one script call each; many in one pipeline). */
+/** One write as the script reads it (see {@link AtomicWrite.spec}). */
+interface WriteSpec {
+  g?: Guard[];
+  c?: { k: number; v: string };
+  p?: { f: Record<string, unknown>; u?: string[]; t?: number };
+  o?: (string | number)[][];
+  m?: { src: number; from: number[]; to: number; score: string };
+  e?: { j: string; i: number[]; p?: 1; n?: string }[];
+  x?: number;
+  q?: 1;
+}
+
+/**
+ * The most writes one script call carries. A revocation round settles hundreds of leases: a
+ * call each would cost a command's overhead per lease on both ends; one call for all would
+ * hold Redis for tens of milliseconds while other clients wait.
+ */
+export const WRITES_PER_CALL = 64;
+
+/** Runs atomic writes: one script call for one write, or for up to {@link WRITES_PER_CALL} of one shard. */
 export class AtomicWriter {
   constructor(
     private readonly redis: Redis | Cluster,
@@ -328,7 +366,7 @@ export class AtomicWriter {
       retentionMs: number;
       /** Where events clients may wait for are published. */
       channel: string;
-      /** Where the key of every patched record is published (see `events/record-changes.ts`). */
+      /** Where the keys of patched records are published (see `events/record-changes.ts`). */
       changes?: string;
     },
   ) {
@@ -338,17 +376,19 @@ export class AtomicWriter {
   }
 
   async run(write: AtomicWrite): Promise<AtomicResult> {
-    return toResult(await (this.redis as Client).jitkeyAtomicWrite(...this.args(write)));
+    const [reply] = await (this.redis as Client).jitkeyAtomicWrite(...this.args([write]));
+    return toResult(reply as ScriptReply);
   }
 
   /**
-   * Runs independent writes, pipelined per shard. Each write is atomic on its own; a
-   * failure of one does not undo the others. Results come back in order.
+   * Runs independent writes: each shard's in calls of up to {@link WRITES_PER_CALL}, the calls
+   * pipelined. Each write is applied or refused by its own guards; one refused does not undo
+   * the others. Results come back in order.
    */
   async runAll(writes: readonly AtomicWrite[]): Promise<AtomicResult[]> {
     if (writes.length === 0) return [];
     if (writes.length === 1) return [await this.run(writes[0] as AtomicWrite)];
-    // Redis Cluster pipelines must stay in one slot: one batch per shard.
+    // A script's keys must all be in one Redis Cluster slot: calls never mix shards.
     const byShard = new Map<number, number[]>();
     writes.forEach((write, at) => {
       const list = byShard.get(write.shard.index) ?? [];
@@ -358,28 +398,51 @@ export class AtomicWriter {
     const results: AtomicResult[] = new Array(writes.length);
     await Promise.all(
       [...byShard.values()].map(async (positions) => {
-        const replies = await sendEach(this.redis, positions, (target, at) =>
-          (target as Client).jitkeyAtomicWrite(...this.args(writes[at] as AtomicWrite)),
+        const calls: number[][] = [];
+        for (let at = 0; at < positions.length; at += WRITES_PER_CALL)
+          calls.push(positions.slice(at, at + WRITES_PER_CALL));
+        const replies = await sendEach(this.redis, calls, (target, call) =>
+          (target as Client).jitkeyAtomicWrite(...this.args(call.map((at) => writes[at] as AtomicWrite))),
         );
-        positions.forEach((at, i) => {
+        calls.forEach((call, i) => {
           const [error, reply] = replies[i] ?? [new Error("no reply"), null];
           if (error) throw error;
-          results[at] = toResult(reply as ScriptReply);
+          call.forEach((at, n) => {
+            results[at] = toResult((reply as ScriptReply[])[n] as ScriptReply);
+          });
         });
       }),
     );
     return results;
   }
 
-  private args(write: AtomicWrite): string[] {
-    // Stream ids are Redis server time: trimming is by wall-clock age, whatever clock the broker runs on.
-    const spec = write.spec({
-      minId: String(Math.max(0, Date.now() - this.audit.retentionMs)),
-      indexTtlSeconds: Math.ceil(this.audit.retentionMs / 1000),
-      channel: this.audit.channel,
-      changes: this.audit.changes,
+  /** One call's arguments: the writes' keys (each once), the writes, and what they share. */
+  private args(writes: readonly AtomicWrite[]): string[] {
+    const keys: string[] = [];
+    const numbers = new Map<string, number>();
+    const specs = writes.map((write) => {
+      const local = write.keys.map((key) => {
+        let number = numbers.get(key);
+        if (number === undefined) {
+          number = keys.push(key);
+          numbers.set(key, number);
+        }
+        return number;
+      });
+      return write.spec((n) => local[n - 1] as number);
     });
-    return [String(write.keys.length), ...write.keys, spec];
+    const { retentionMs, changes, channel } = this.audit;
+    return [
+      String(keys.length),
+      ...keys,
+      JSON.stringify(specs),
+      changes ?? "",
+      // Stream ids are Redis server time: trimming is by wall-clock age, whatever clock the broker runs on.
+      String(Math.max(0, Date.now() - retentionMs)),
+      String(Math.ceil(retentionMs / 1000)),
+      channel,
+      String((writes[0] as AtomicWrite).shard.index),
+    ];
   }
 }
 

@@ -1,7 +1,9 @@
 import { expect } from "chai";
+import { RecordChanges } from "../../broker/events/record-changes.ts";
+import { createLogger } from "../../broker/logger.ts";
 import { RedisKeys } from "../../broker/redis.ts";
-import { AtomicWrite, AtomicWriter } from "../../broker/store/atomic-write.ts";
-import { deletePrefix, testRedis, uniquePrefix } from "../helpers/redis.ts";
+import { AtomicWrite, AtomicWriter, WRITES_PER_CALL } from "../../broker/store/atomic-write.ts";
+import { deletePrefix, eventually, testRedis, uniquePrefix } from "../helpers/redis.ts";
 
 describe("atomic writes: a change, its indexes and its audit events together, or nothing", () => {
   const redis = testRedis();
@@ -166,4 +168,92 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     // MINID trims whole stream nodes (~, 100 entries each): the old ones are gone.
     expect(await redis.xlen(trimShard.audit)).to.be.below(300);
   });
+  it("runs many writes of several shards in calls of a few dozen, each applied or refused on its own", async () => {
+    const channel = `${prefix}:many-changes`;
+    const publishing = new AtomicWriter(redis, {
+      retentionMs: 3_600_000,
+      channel: `${prefix}:events`,
+      changes: channel,
+    });
+    const shards = [keys.shard(0), keys.shard(2)] as const;
+    const count = WRITES_PER_CALL * 2 + 5;
+    const shardOf = (n: number) => shards[n % 2] as (typeof shards)[number];
+    // Every third lease is already revoked: its write is refused, and only its write.
+    const refused = (n: number) => n % 3 === 0;
+    const writes = await Promise.all(
+      Array.from({ length: count }, async (_, n) => {
+        const at = shardOf(n);
+        const id = `many-${n}`;
+        await redis.set(at.lease(id), JSON.stringify({ id, status: refused(n) ? "revoked" : "active" }));
+        await redis.zadd(at.liveLeases, n, id);
+        return new AtomicWrite(at)
+          .guard(at.lease(id), ["active"])
+          .patch({ status: "revoked", n })
+          .zrem(at.liveLeases, id)
+          .event(event({ type: "lease_revoked", leaseId: id }, [at.auditOfTask("many")]));
+      }),
+    );
+    let results: Awaited<ReturnType<AtomicWriter["runAll"]>> = [];
+    const messages = await messagesOn(channel, async () => {
+      results = await publishing.runAll(writes);
+    });
+    results.forEach((result, n) => {
+      expect(result.ok, `write ${n}`).to.equal(!refused(n));
+      expect(result.eventIds, `write ${n}`).to.have.length(refused(n) ? 0 : 1);
+    });
+    // One message per call: each shard's writes went in calls of at most WRITES_PER_CALL.
+    expect(messages).to.have.length(4);
+    for (const message of messages) expect(message.split("\n").length).to.be.within(1, WRITES_PER_CALL);
+    for (const [parity, at] of shards.entries()) {
+      const ids = Array.from({ length: count }, (_, n) => n).filter((n) => n % 2 === parity);
+      expect(await redis.zrange(at.liveLeases, 0, -1)).to.have.members(
+        ids.filter(refused).map((n) => `many-${n}`),
+      );
+      expect(await redis.llen(at.auditOfTask("many"))).to.equal(ids.filter((n) => !refused(n)).length);
+    }
+  });
+
+  it("publishes the keys a call patched in one message, which RecordChanges hears a key at a time", async () => {
+    const channel = `${prefix}:changes`;
+    const changes = new RecordChanges({ redis, channel, logger: createLogger({ level: "error" }) });
+    const heard: (string | undefined)[] = [];
+    changes.subscribe((key) => heard.push(key));
+    await eventually(async () => (changes.connected ? true : undefined), 5000);
+    heard.length = 0;
+    const publishing = new AtomicWriter(redis, {
+      retentionMs: 3_600_000,
+      channel: `${prefix}:events`,
+      changes: channel,
+    });
+    const at = keys.shard(3);
+    const ids = ["p1", "p2", "p3"];
+    for (const id of ids) await redis.set(at.lease(id), JSON.stringify({ id, status: "active" }));
+    const messages = await messagesOn(channel, () =>
+      publishing.runAll([
+        ...ids.map((id) => new AtomicWrite(at).guard(at.lease(id), ["active"]).patch({ status: "revoked" })),
+        // An index change patches no record: nothing to publish for it.
+        new AtomicWrite(at).zadd(at.liveLeases, 1, "p4"),
+      ]),
+    );
+    expect(messages).to.deep.equal([ids.map((id) => at.lease(id)).join("\n")]);
+    await eventually(async () => (heard.length >= 3 ? true : undefined), 5000);
+    expect(heard).to.deep.equal(ids.map((id) => at.lease(id)));
+    await changes.close();
+  });
+
+  /** The messages published on `channel` while `fn` ran. */
+  async function messagesOn(channel: string, fn: () => Promise<unknown>): Promise<string[]> {
+    const listener = redis.duplicate();
+    const messages: string[] = [];
+    listener.on("message", (_channel: string, message: string) => messages.push(message));
+    await listener.subscribe(channel);
+    try {
+      await fn();
+      await eventually(async () => (messages.length > 0 ? true : undefined), 5000);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      return messages;
+    } finally {
+      listener.disconnect();
+    }
+  }
 });
