@@ -8,7 +8,8 @@ import { type ShardKeys, sendEach } from "../redis.ts";
  * its indexes or its audit event. Every key must belong to the writes' shard (one Redis
  * Cluster slot). A call carries one write or many (`ARGV[1]` is a JSON array of them): each
  * is applied, or refused by its own guards, on its own; one reply per write. The keys of
- * patched records are published once per call (`ARGV[2]`, newline-separated).
+ * patched records are published once per call (`ARGV[2]`, newline-separated). Events travel
+ * as arguments of their own (from `ARGV[7]`), not escaped inside the writes' JSON.
  */
 const ATOMIC_WRITE_SCRIPT = `
 local minId, indexTtl, liveChannel, shard = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -93,7 +94,7 @@ local function apply(spec)
   end
   local ids = {}
   for i, event in ipairs(spec.e or {}) do
-    local json = event.j
+    local json = ARGV[event.a]
     if event.n then
       local body = cjson.decode(json)
       body[event.n] = #moved
@@ -287,9 +288,10 @@ export class AtomicWrite {
 
   /**
    * How the script reads this write, its key numbers (1-based, into this write's `keys`)
-   * turned into the call's by `number`.
+   * turned into the call's by `number`, and each event's JSON passed as the call's argument
+   * that `argument` returns the number of.
    */
-  spec(number: (local: number) => number): WriteSpec {
+  spec(number: (local: number) => number, argument: (value: string) => number): WriteSpec {
     const move = this.#move;
     return {
       g:
@@ -302,7 +304,7 @@ export class AtomicWrite {
         : undefined,
       e:
         this.#events.length > 0
-          ? this.#events.map((event) => ({ ...event, i: event.i.map(number) }))
+          ? this.#events.map(({ j, i, p, n }) => ({ a: argument(j), i: i.map(number), p, n }))
           : undefined,
       x: this.#stream !== undefined ? number(this.#stream) : undefined,
       q: this.#quiet ? 1 : undefined,
@@ -346,7 +348,7 @@ interface WriteSpec {
   p?: { f: Record<string, unknown>; u?: string[]; t?: number };
   o?: (string | number)[][];
   m?: { src: number; from: number[]; to: number; score: string };
-  e?: { j: string; i: number[]; p?: 1; n?: string }[];
+  e?: { a: number; i: number[]; p?: 1; n?: string }[];
   x?: number;
   q?: 1;
 }
@@ -420,6 +422,9 @@ export class AtomicWriter {
   private args(writes: readonly AtomicWrite[]): string[] {
     const keys: string[] = [];
     const numbers = new Map<string, number>();
+    const events: string[] = [];
+    // The fixed arguments come first (ARGV[1..6]): events from ARGV[7].
+    const argument = (json: string) => events.push(json) + 6;
     const specs = writes.map((write) => {
       const local = write.keys.map((key) => {
         let number = numbers.get(key);
@@ -429,7 +434,7 @@ export class AtomicWriter {
         }
         return number;
       });
-      return write.spec((n) => local[n - 1] as number);
+      return write.spec((n) => local[n - 1] as number, argument);
     });
     const { retentionMs, changes, channel } = this.audit;
     return [
@@ -442,6 +447,7 @@ export class AtomicWriter {
       String(Math.ceil(retentionMs / 1000)),
       channel,
       String((writes[0] as AtomicWrite).shard.index),
+      ...events,
     ];
   }
 }
