@@ -128,17 +128,33 @@ describe("hot routes read plain bodies exactly as the body parsers do", () => {
     );
   });
 
-  it("gives hot answers the same security headers as every other route", async () => {
-    const hot = await post("/v1/introspect", "token=x", form());
+  it("gives hot answers the same security headers as every other route, errors included", async () => {
     const { port } = server.address() as AddressInfo;
     const other = await fetch(`http://127.0.0.1:${port}/v1/tasks`, { headers: { Authorization: op } });
     expect(other.status).to.equal(200);
     const perAnswer = new Set(["content-length", "date", "x-request-id", "etag", "connection", "keep-alive"]);
     const names = (headers: Headers) => [...headers.keys()].filter((name) => !perAnswer.has(name)).sort();
-    expect(names(hot.headers)).to.deep.equal(names(other.headers));
-    for (const name of names(other.headers))
-      expect(hot.headers.get(name), name).to.equal(other.headers.get(name));
-    expect(hot.headers.get("content-security-policy")).to.include("default-src 'none'");
+    const introspected = await post("/v1/introspect", "token=x", form());
+    const minted = await post(`/v1/tasks/${taskId}/leases`, '{"resource": "demo-api"}', json(agent));
+    const refused = await post("/v1/introspect", "token=x", {
+      "Content-Type": "application/x-www-form-urlencoded",
+    });
+    expect([introspected.status, minted.status, refused.status]).to.deep.equal([200, 201, 401]);
+    // A mint answer adds what only it needs; an error what its code needs.
+    const own = { [minted.status]: ["location", "pragma"], [refused.status]: ["www-authenticate"] };
+    for (const hot of [introspected, minted, refused]) {
+      const extra = own[hot.status] ?? [];
+      expect(
+        names(hot.headers).filter((name) => !extra.includes(name)),
+        `${hot.status}`,
+      ).to.deep.equal(names(other.headers));
+      for (const name of names(other.headers))
+        expect(hot.headers.get(name), `${hot.status} ${name}`).to.equal(other.headers.get(name));
+      expect(hot.headers.get("x-request-id"), `${hot.status}`).to.match(/^req_/);
+    }
+    expect(minted.headers.get("location")).to.match(/^\/v1\/leases\/lse_/);
+    expect(minted.headers.get("pragma")).to.equal("no-cache");
+    expect(introspected.headers.get("content-security-policy")).to.include("default-src 'none'");
   });
 });
 

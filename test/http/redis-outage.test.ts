@@ -1,4 +1,5 @@
 import { mkdtemp, readFile } from "node:fs/promises";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
@@ -6,6 +7,7 @@ import express from "express";
 import supertest, { type Response } from "supertest";
 import { type EmbeddedRedis, freePort, startEmbeddedRedis } from "../../broker/embedded-redis.ts";
 import { errorMiddleware, sendError } from "../../broker/http/error-middleware.ts";
+import { type HotRouteParts, hotRoutes } from "../../broker/http/hot-routes.ts";
 import {
   failFastWhileRedisDown,
   isRedisConnectionError,
@@ -193,6 +195,64 @@ describe("a request waiting on Redis when the connection drops", () => {
       expect(ms).to.be.below(5_000);
       // A request arriving while Redis is gone is answered without waiting at all.
       expect((await supertest(app).get("/v1/stuck").timeout(5_000)).status).to.equal(503);
+    } finally {
+      queue.disconnect();
+      await redis.stop();
+    }
+  });
+});
+
+describe("a hot route waiting on Redis when the connection drops", () => {
+  it("answers 503 unavailable with every common header, as the Express routes do", async function () {
+    this.timeout(20_000);
+    const dir = await mkdtemp(join(tmpdir(), "jitkey-hot-inflight-"));
+    const redis = await startEmbeddedRedis(dir, { port: await freePort() });
+    const queue = connectRedis(redis.url, { forQueues: true });
+    const logger = createLogger({ level: "error", sink: new CapturedLogs() });
+    const health = new RedisHealth({ queue }, logger);
+    // Introspection that blocks until Redis answers, which it never does once killed.
+    const broker = {
+      logger,
+      introspection: { introspect: async () => ({ active: await queue.blpop("jitkey-hot-never", 0) }) },
+    };
+    const parts: HotRouteParts = {
+      auth: { requireCaller: async () => ({ kind: "operator", name: "ops" }) } as never,
+      health,
+      fixedHeaders: [["X-Frame-Options", "DENY"]],
+      requestHeaders: [],
+      bodyParsers: [],
+      bodyLimit: 1024,
+      formParameterLimit: 10,
+      bodyTypes: ["application/x-www-form-urlencoded"],
+      trustProxy: () => false,
+      logRequest: () => undefined,
+    };
+    const hot = hotRoutes(broker as never, parts);
+    const listener = (req: IncomingMessage, res: ServerResponse) => {
+      if (!hot(req, res)) res.writeHead(404).end();
+    };
+    const introspect = () =>
+      timed(supertest(listener).post("/v1/introspect").type("form").send({ token: "t" }).timeout(10_000));
+    try {
+      await queue.ping();
+      const pending = introspect();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
+      process.kill(pid, "SIGKILL");
+      const { res, ms } = await pending;
+      expect(res.status).to.equal(503);
+      expect(res.body.error.code).to.equal("unavailable");
+      expect(res.headers).to.include({
+        "retry-after": "1",
+        "x-frame-options": "DENY",
+        "cache-control": "no-store",
+        "x-request-id": res.body.error.requestId,
+      });
+      expect(ms).to.be.below(5_000);
+      // A request arriving while Redis is gone is answered at once, with the same headers.
+      const later = await introspect();
+      expect(later.res.status).to.equal(503);
+      expect(later.res.headers).to.include({ "x-frame-options": "DENY", "cache-control": "no-store" });
     } finally {
       queue.disconnect();
       await redis.stop();
