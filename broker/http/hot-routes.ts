@@ -59,6 +59,8 @@ interface HotCall {
   id?: string;
   /** Answers `body` as JSON, with `headers` (flat: name, value, ...) beside the ones every answer has. */
   answer(status: number, body: unknown, headers?: readonly string[]): void;
+  /** {@link answer} for a body already serialized. */
+  answerJson(status: number, json: string, headers?: readonly string[]): void;
 }
 
 const MINT_PATH = /^\/v1\/tasks\/([^/]+)\/leases\/?$/;
@@ -90,7 +92,7 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
   });
   const introspect: HotRoute = {
     template: "POST /v1/introspect",
-    async handle({ caller, body, answer }) {
+    async handle({ caller, body, answerJson }) {
       // RFC 7662 §2.1: a caller that is not a registered introspector or operator is unauthenticated here.
       const principal = await auth
         .requireCaller(caller, "introspector", "operator")
@@ -100,7 +102,8 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
             : error;
         });
       const { token } = validate(IntrospectBody, body);
-      answer(200, await broker.introspection.introspect(token, principal));
+      const { introspection } = broker;
+      answerJson(200, introspection.json(await introspection.introspect(token, principal)));
     },
   };
   const mint: HotRoute = {
@@ -159,8 +162,7 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
   ) {
     const requestId = newId("req");
     parts.logRequest(req, res, requestId);
-    const answer = (status: number, body: unknown, headers: readonly string[] = []) => {
-      const text = JSON.stringify(body);
+    const answerJson = (status: number, text: string, headers: readonly string[] = []) => {
       res.writeHead(status, [
         ...common,
         "X-Request-Id",
@@ -176,6 +178,8 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
       ]);
       res.end(text);
     };
+    const answer = (status: number, body: unknown, headers: readonly string[] = []) =>
+      answerJson(status, JSON.stringify(body), headers);
     const waiting = { res, requestId };
     try {
       for (const middleware of parts.requestHeaders) await run(middleware, req, res);
@@ -196,6 +200,7 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
         caller,
         body,
         answer,
+        answerJson,
         ...(rawId !== undefined ? { id: decodePathPart(rawId) } : {}),
       });
     } catch (error) {

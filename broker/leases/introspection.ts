@@ -41,6 +41,10 @@ export type IntrospectionResult =
       act?: ActClaim;
     };
 
+/** The one inactive answer (RFC 7662 §2.2: nothing else), and its JSON. */
+const INACTIVE: { active: false } = Object.freeze({ active: false });
+const INACTIVE_JSON = JSON.stringify(INACTIVE);
+
 /** Why an answer was what it was: the metric label, and the audit reason. */
 type Verdict =
   | "active"
@@ -96,6 +100,14 @@ export class Introspection {
   /** Live leases with their tasks, by lease id, as last read; and lease ids by task id. */
   readonly #views = new Map<string, { lease: Lease; task: Task; at: number }>();
   readonly #viewsByTask = new Map<string, Set<string>>();
+  /**
+   * Active answers by the verified claims they were built from, kept while the lease and task
+   * records they were built from are the ones held (any change replaces those), with their
+   * JSON: a resource server asking about one credential again gets the same answer, built and
+   * serialized once.
+   */
+  readonly #answers = new WeakMap<JWTPayload, { lease: Lease; task: Task; answer: IntrospectionResult }>();
+  readonly #json = new WeakMap<IntrospectionResult, string>();
 
   constructor(
     private readonly deps: {
@@ -139,8 +151,10 @@ export class Introspection {
     }
     if (!lease.firstUsedAt) await this.auditFirstUse(lease, caller, now);
     this.deps.metrics.introspections.inc({ result: "active" });
+    const held = this.#answers.get(payload);
+    if (held && held.lease === lease && held.task === task) return held.answer;
     const act = actClaim(lease.actors);
-    return {
+    const answer: IntrospectionResult = {
       active: true,
       scope: lease.scopes.join(" "),
       client_id: lease.delegatedBy ?? lease.agentId,
@@ -158,6 +172,19 @@ export class Introspection {
       ...(lease.dpopJkt ? { cnf: { jkt: lease.dpopJkt } } : {}),
       ...(act ? { act } : {}),
     };
+    this.#answers.set(payload, { lease, task, answer });
+    return answer;
+  }
+
+  /** An answer of {@link introspect} as JSON; an answer given before is serialized once. */
+  json(answer: IntrospectionResult): string {
+    if (answer === INACTIVE) return INACTIVE_JSON;
+    let json = this.#json.get(answer);
+    if (json === undefined) {
+      json = JSON.stringify(answer);
+      this.#json.set(answer, json);
+    }
+    return json;
   }
 
   /**
@@ -293,7 +320,7 @@ export class Introspection {
 
   private answer(verdict: Exclude<Verdict, "active">): { active: false } {
     this.deps.metrics.introspections.inc({ result: verdict });
-    return { active: false };
+    return INACTIVE;
   }
 
   private async auditFirstUse(lease: Lease, caller: IntrospectorPrincipal | OperatorPrincipal, now: number) {

@@ -64,4 +64,36 @@ describe("introspection held in memory, dropped on any change", () => {
     );
     expect(ms).to.be.lessThan(500);
   });
+
+  it("builds and serializes an active answer once per lease and task as held, and again after any change", async () => {
+    const agent = await agentSession(a, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(a, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    const { lease, credential } = await mintLease(a, agent, taskId, { resource: "demo-api" });
+    const token = credential.token as string;
+    const { introspection } = a.broker;
+    const operator = { kind: "operator", id: "ops" } as const;
+    // The first answer records the lease's first use: once that change reaches this process,
+    // the answer is built anew from the new record; until the next change it is reused.
+    const first = await introspection.introspect(token, operator);
+    const changed = performance.now();
+    let second = await introspection.introspect(token, operator);
+    while (second === first && performance.now() - changed < 2000) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      second = await introspection.introspect(token, operator);
+    }
+    expect(second, "built anew for the changed lease").not.to.equal(first);
+    expect(second).to.deep.equal(first);
+    const third = await introspection.introspect(token, operator);
+    expect(third, "the same answer while nothing changed").to.equal(second);
+    expect(introspection.json(third)).to.equal(JSON.stringify(second));
+    expect(second).to.include({ active: true, jti: lease.id });
+    // Another process releases the lease: the answer is built from the new record, inactive.
+    await b.http.delete(`/v1/leases/${lease.id}`).set(agent.headers).expect(202);
+    const after = performance.now();
+    let released = await introspection.introspect(token, operator);
+    while (released.active && performance.now() - after < 2000)
+      released = await introspection.introspect(token, operator);
+    expect(released).to.deep.equal({ active: false });
+    expect(introspection.json(released)).to.equal('{"active":false}');
+  });
 });
