@@ -166,27 +166,54 @@ describe("Redis killed (SIGKILL) and restarted from its AOF under a live broker"
   });
 });
 
+/**
+ * Runs `test` with a Redis of its own, a queue connection to it (which waits for Redis forever,
+ * as BullMQ needs: what an enqueue runs on), that connection's health, and `kill()`, which
+ * stops that Redis for good.
+ */
+async function withDroppingRedis(
+  name: string,
+  test: (parts: {
+    queue: ReturnType<typeof connectRedis>;
+    health: RedisHealth;
+    logger: ReturnType<typeof createLogger>;
+    kill(): Promise<void>;
+  }) => Promise<void>,
+): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), `jitkey-${name}-`));
+  const redis = await startEmbeddedRedis(dir, { port: await freePort() });
+  const queue = connectRedis(redis.url, { forQueues: true });
+  const logger = createLogger({ level: "error", sink: new CapturedLogs() });
+  try {
+    await queue.ping();
+    await test({
+      queue,
+      health: new RedisHealth({ queue }, logger),
+      logger,
+      async kill() {
+        process.kill(Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim()), "SIGKILL");
+      },
+    });
+  } finally {
+    queue.disconnect();
+    await redis.stop();
+  }
+}
+
 describe("a request waiting on Redis when the connection drops", () => {
   it("answers 503 unavailable instead of waiting for Redis to come back", async function () {
     this.timeout(20_000);
-    const dir = await mkdtemp(join(tmpdir(), "jitkey-inflight-"));
-    const redis = await startEmbeddedRedis(dir, { port: await freePort() });
-    // A queue connection waits for Redis forever, as BullMQ needs: what an enqueue runs on.
-    const queue = connectRedis(redis.url, { forQueues: true });
-    const health = new RedisHealth({ queue }, createLogger({ level: "error", sink: new CapturedLogs() }));
-    const app = express();
-    app.use("/v1", failFastWhileRedisDown(health, sendError));
-    app.get("/v1/stuck", async (_req, res) => {
-      // Blocks until Redis answers, which it never does once killed.
-      res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
-    });
-    app.use(errorMiddleware(createLogger({ level: "error", sink: new CapturedLogs() }), health));
-    try {
-      await queue.ping();
+    await withDroppingRedis("inflight", async ({ queue, health, logger, kill }) => {
+      const app = express();
+      app.use("/v1", failFastWhileRedisDown(health, sendError));
+      app.get("/v1/stuck", async (_req, res) => {
+        // Blocks until Redis answers, which it never does once killed.
+        res.json({ popped: await queue.blpop("jitkey-inflight-never", 0) });
+      });
+      app.use(errorMiddleware(logger, health));
       const pending = timed(supertest(app).get("/v1/stuck").timeout(10_000));
       await new Promise((resolve) => setTimeout(resolve, 200));
-      const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
-      process.kill(pid, "SIGKILL");
+      await kill();
       const { res, ms } = await pending;
       expect(res.status).to.equal(503);
       expect(res.body.error.code).to.equal("unavailable");
@@ -195,50 +222,43 @@ describe("a request waiting on Redis when the connection drops", () => {
       expect(ms).to.be.below(5_000);
       // A request arriving while Redis is gone is answered without waiting at all.
       expect((await supertest(app).get("/v1/stuck").timeout(5_000)).status).to.equal(503);
-    } finally {
-      queue.disconnect();
-      await redis.stop();
-    }
+    });
   });
 });
 
 describe("a hot route waiting on Redis when the connection drops", () => {
   it("answers 503 unavailable with every common header, as the Express routes do", async function () {
     this.timeout(20_000);
-    const dir = await mkdtemp(join(tmpdir(), "jitkey-hot-inflight-"));
-    const redis = await startEmbeddedRedis(dir, { port: await freePort() });
-    const queue = connectRedis(redis.url, { forQueues: true });
-    const logger = createLogger({ level: "error", sink: new CapturedLogs() });
-    const health = new RedisHealth({ queue }, logger);
-    // Introspection that blocks until Redis answers, which it never does once killed.
-    const broker = {
-      logger,
-      introspection: { introspect: async () => ({ active: await queue.blpop("jitkey-hot-never", 0) }) },
-    };
-    const parts: HotRouteParts = {
-      auth: { requireCaller: async () => ({ kind: "operator", name: "ops" }) } as never,
-      health,
-      fixedHeaders: [["X-Frame-Options", "DENY"]],
-      requestHeaders: [],
-      bodyParsers: [],
-      bodyLimit: 1024,
-      formParameterLimit: 10,
-      bodyTypes: ["application/x-www-form-urlencoded"],
-      trustProxy: () => false,
-      logRequest: () => undefined,
-    };
-    const hot = hotRoutes(broker as never, parts);
-    const listener = (req: IncomingMessage, res: ServerResponse) => {
-      if (!hot(req, res)) res.writeHead(404).end();
-    };
-    const introspect = () =>
-      timed(supertest(listener).post("/v1/introspect").type("form").send({ token: "t" }).timeout(10_000));
-    try {
-      await queue.ping();
+    await withDroppingRedis("hot-inflight", async ({ queue, health, logger, kill }) => {
+      // Introspection that blocks until Redis answers, which it never does once killed.
+      const broker = {
+        logger,
+        introspection: {
+          introspect: async () => ({ active: await queue.blpop("jitkey-hot-never", 0) }),
+          json: JSON.stringify,
+        },
+      };
+      const parts: HotRouteParts = {
+        auth: { requireCaller: async () => ({ kind: "operator", id: "ops" }) } as never,
+        health,
+        fixedHeaders: [["X-Frame-Options", "DENY"]],
+        requestHeaders: [],
+        bodyParsers: [],
+        bodyLimit: 1024,
+        formParameterLimit: 10,
+        bodyTypes: ["application/x-www-form-urlencoded"],
+        trustProxy: () => false,
+        logRequest: () => undefined,
+      };
+      const hot = hotRoutes(broker as never, parts);
+      const listener = (req: IncomingMessage, res: ServerResponse) => {
+        if (!hot(req, res)) res.writeHead(404).end();
+      };
+      const introspect = () =>
+        timed(supertest(listener).post("/v1/introspect").type("form").send({ token: "t" }).timeout(10_000));
       const pending = introspect();
       await new Promise((resolve) => setTimeout(resolve, 200));
-      const pid = Number((await readFile(join(dir, "redis", "redis.pid"), "utf8")).trim());
-      process.kill(pid, "SIGKILL");
+      await kill();
       const { res, ms } = await pending;
       expect(res.status).to.equal(503);
       expect(res.body.error.code).to.equal("unavailable");
@@ -253,10 +273,7 @@ describe("a hot route waiting on Redis when the connection drops", () => {
       const later = await introspect();
       expect(later.res.status).to.equal(503);
       expect(later.res.headers).to.include({ "x-frame-options": "DENY", "cache-control": "no-store" });
-    } finally {
-      queue.disconnect();
-      await redis.stop();
-    }
+    });
   });
 });
 
