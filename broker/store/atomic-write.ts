@@ -118,10 +118,21 @@ local function apply(spec)
   return {1, raw or false, 0, ids, moved}
 end
 
+-- Processes that cache record state drop these: also when a write fails midway, since what
+-- the writes before it (and it, up to the failure) changed stays changed.
+local function publishChanged()
+  if #changed > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], table.concat(changed, '\\n')) end
+end
 local replies = {}
-for i, spec in ipairs(cjson.decode(ARGV[1])) do replies[i] = apply(spec) end
--- Processes that cache record state drop these.
-if #changed > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], table.concat(changed, '\\n')) end
+for i, spec in ipairs(cjson.decode(ARGV[1])) do
+  local ok, reply = pcall(apply, spec)
+  if not ok then
+    publishChanged()
+    return redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
+  end
+  replies[i] = reply
+end
+publishChanged()
 return replies
 `;
 

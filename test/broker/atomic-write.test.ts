@@ -241,6 +241,72 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     await changes.close();
   });
 
+  it("reads each write's keys and events right when the writes of one call name different keys", async () => {
+    const at = keys.shard(0);
+    await redis.set(at.lease("mx-1"), JSON.stringify({ id: "mx-1", status: "active" }));
+    const [patched, created, eventOnly] = await writer.runAll([
+      new AtomicWrite(at)
+        .guard(at.lease("mx-1"), ["active"])
+        .patch({ status: "revoked" })
+        .zadd(at.revokingLeases, 5, "mx-1")
+        .event(event({ type: "one" }, [at.auditOfTask("mx-t1")])),
+      new AtomicWrite(at)
+        .create(at.lease("mx-2"), { id: "mx-2", status: "issuing" })
+        .zadd(at.failedLeases, 7, "mx-2")
+        .event(event({ type: "two" }, [at.auditOfAgent("mx-a2")]))
+        .event(event({ type: "three" }, [at.auditOfTask("mx-t1"), at.auditOfAgent("mx-a2")])),
+      new AtomicWrite(at).event(event({ type: "four" }, [at.auditOfTask("mx-t4")])),
+    ]);
+    expect([patched?.ok, created?.ok, eventOnly?.ok]).to.deep.equal([true, true, true]);
+    expect(JSON.parse((await redis.get(at.lease("mx-1"))) ?? "{}")).to.include({ status: "revoked" });
+    expect(JSON.parse((await redis.get(at.lease("mx-2"))) ?? "{}")).to.include({ status: "issuing" });
+    expect(await redis.zscore(at.revokingLeases, "mx-1")).to.equal("5");
+    expect(await redis.zscore(at.failedLeases, "mx-2")).to.equal("7");
+    const typeOf = async (id: string | undefined) => {
+      const [[, fields]] = (await redis.xrange(at.audit, id as string, id as string)) as [[string, string[]]];
+      return JSON.parse(fields[1] ?? "{}").type as string;
+    };
+    const ids = [...(patched?.eventIds ?? []), ...(created?.eventIds ?? []), ...(eventOnly?.eventIds ?? [])];
+    expect(await Promise.all(ids.map(typeOf))).to.deep.equal(["one", "two", "three", "four"]);
+    expect(await redis.lrange(at.auditOfTask("mx-t1"), 0, -1)).to.deep.equal([ids[0], ids[2]]);
+    expect(await redis.lrange(at.auditOfAgent("mx-a2"), 0, -1)).to.deep.equal([ids[1], ids[2]]);
+    expect(await redis.lrange(at.auditOfTask("mx-t4"), 0, -1)).to.deep.equal([ids[3]]);
+  });
+
+  it("still tells other processes what it changed when a write of the call fails midway", async () => {
+    const channel = `${prefix}:failing-changes`;
+    const publishing = new AtomicWriter(redis, {
+      retentionMs: 3_600_000,
+      channel: `${prefix}:events`,
+      changes: channel,
+    });
+    const at = keys.shard(1);
+    for (const id of ["f1", "f2", "f3"])
+      await redis.set(at.lease(id), JSON.stringify({ id, status: "active" }));
+    // Not a sorted set: the second write's ZREM fails after its patch was applied.
+    await redis.set(at.revokingLeases, "not a sorted set");
+    const revoke = (id: string, failing = false) => {
+      const write = new AtomicWrite(at).guard(at.lease(id), ["active"]).patch({ status: "revoked" });
+      return failing ? write.zrem(at.revokingLeases, id) : write;
+    };
+    let failure: unknown;
+    const messages = await messagesOn(channel, () =>
+      publishing.runAll([revoke("f1"), revoke("f2", true), revoke("f3")]).catch((error: unknown) => {
+        failure = error;
+      }),
+    );
+    expect(String(failure)).to.match(/WRONGTYPE/);
+    // A script is not rolled back: what ran stays, and is announced; the write after it never ran.
+    const status = async (id: string) => JSON.parse((await redis.get(at.lease(id))) ?? "{}").status;
+    expect([await status("f1"), await status("f2"), await status("f3")]).to.deep.equal([
+      "revoked",
+      "revoked",
+      "active",
+    ]);
+    expect(messages).to.deep.equal([[at.lease("f1"), at.lease("f2")].join("\n")]);
+    await redis.del(at.revokingLeases);
+  });
+
   /** The messages published on `channel` while `fn` ran. */
   async function messagesOn(channel: string, fn: () => Promise<unknown>): Promise<string[]> {
     const listener = redis.duplicate();
