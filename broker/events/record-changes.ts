@@ -14,6 +14,7 @@ export class RecordChanges {
   readonly #listeners = new Set<ChangeListener>();
   #subscriber: RedisClient | undefined;
   #connected = false;
+  #epoch = 0;
 
   constructor(private readonly deps: { redis: RedisClient; channel: string; logger: Logger }) {}
 
@@ -34,6 +35,14 @@ export class RecordChanges {
     return this.#connected;
   }
 
+  /**
+   * Changes with every reset. A record read while `connected`, whose reply arrives with the
+   * epoch unchanged, is one no change message can have been missed for.
+   */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
   async close(): Promise<void> {
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
@@ -48,6 +57,7 @@ export class RecordChanges {
     this.#subscriber = subscriber;
     const reset = () => {
       this.#connected = false;
+      this.#epoch += 1;
       for (const listener of this.#listeners) listener(undefined);
     };
     // Subscribing (again, after any reconnect) and hearing it confirmed is what makes the stream

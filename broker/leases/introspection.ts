@@ -134,7 +134,7 @@ export class Introspection {
       /** Policy as it is now: a live lease the policy no longer permits is inactive. */
       policy: Pick<PolicyEngine, "stillPermitted" | "generation">;
       /** Which records other processes change, so what is held in memory is dropped at once. */
-      changes: Pick<RecordChanges, "subscribe" | "connected">;
+      changes: Pick<RecordChanges, "subscribe" | "connected" | "epoch">;
       audit: AuditLog;
       metrics: Metrics;
       clock: Clock;
@@ -186,6 +186,8 @@ export class Introspection {
       ...(lease.dpopJkt ? { cnf: { jkt: lease.dpopJkt } } : {}),
       ...(act ? { act } : {}),
     };
+    // Shared by every caller asking about this credential: nobody may change it.
+    Object.freeze(answer);
     this.#answers.set(payload, { lease, task, answer });
     return answer;
   }
@@ -217,13 +219,15 @@ export class Introspection {
     const shard = this.deps.keys.forId(payload.jti);
     let { lease, task } = this.view(payload.jti) ?? {};
     if (!lease) {
+      // Held only if no change message can have been missed while the read was out.
+      const epoch = this.deps.changes.connected ? this.deps.changes.epoch : undefined;
       const [leaseRaw, taskRaw] = await this.deps.redis.mget(
         shard.lease(payload.jti),
         typeof payload.task_id === "string" ? shard.task(payload.task_id) : shard.task("-"),
       );
       lease = parse<Lease>(leaseRaw);
       task = parse<Task>(taskRaw);
-      if (lease && task) this.remember(lease, task);
+      if (lease && task && epoch === this.deps.changes.epoch) this.remember(lease, task);
     }
     if (!lease) return { verdict: "unknown_lease", payload };
     let verdict: CredentialAssessment["verdict"] =

@@ -231,10 +231,17 @@ describe("a hot route waiting on Redis when the connection drops", () => {
     this.timeout(20_000);
     await withDroppingRedis("hot-inflight", async ({ queue, health, logger, kill }) => {
       // Introspection that blocks until Redis answers, which it never does once killed.
+      let entered: () => void = () => undefined;
+      const waiting = new Promise<void>((resolve) => {
+        entered = resolve;
+      });
       const broker = {
         logger,
         introspection: {
-          introspect: async () => ({ active: await queue.blpop("jitkey-hot-never", 0) }),
+          introspect: async () => {
+            entered();
+            return { active: await queue.blpop("jitkey-hot-never", 0) };
+          },
           json: JSON.stringify,
         },
       };
@@ -257,7 +264,8 @@ describe("a hot route waiting on Redis when the connection drops", () => {
       const introspect = () =>
         timed(supertest(listener).post("/v1/introspect").type("form").send({ token: "t" }).timeout(10_000));
       const pending = introspect();
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      // The request waits on Redis before Redis goes: the 503 must come from the wait.
+      await waiting;
       await kill();
       const { res, ms } = await pending;
       expect(res.status).to.equal(503);

@@ -72,19 +72,30 @@ describe("introspection held in memory, dropped on any change", () => {
     const token = credential.token as string;
     const { introspection } = a.broker;
     const operator = { kind: "operator", id: "ops" } as const;
-    // The first answer records the lease's first use: once that change reaches this process,
-    // the answer is built anew from the new record; until the next change it is reused.
+    // The first answer records the lease's first use, a change to the lease; once nothing
+    // changes any more (and this process hears of changes), the same answer comes back.
     const first = await introspection.introspect(token, operator);
-    const changed = performance.now();
+    const started = performance.now();
     let second = await introspection.introspect(token, operator);
-    while (second === first && performance.now() - changed < 2000) {
+    let third = await introspection.introspect(token, operator);
+    while (third !== second && performance.now() - started < 2000) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      second = await introspection.introspect(token, operator);
+      second = third;
+      third = await introspection.introspect(token, operator);
     }
-    expect(second, "built anew for the changed lease").not.to.equal(first);
-    expect(second).to.deep.equal(first);
-    const third = await introspection.introspect(token, operator);
     expect(third, "the same answer while nothing changed").to.equal(second);
+    expect(third).to.deep.equal(first);
+    expect(Object.isFrozen(third), "shared by every caller").to.equal(true);
+    // A change message for the lease (any process's write sends one) drops what was held.
+    const { keys } = a.broker;
+    await a.redis.publish(keys.changesChannel, keys.forId(lease.id).lease(lease.id));
+    let fourth = await introspection.introspect(token, operator);
+    while (fourth === third && performance.now() - started < 4000) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      fourth = await introspection.introspect(token, operator);
+    }
+    expect(fourth, "built anew once the lease changed").not.to.equal(third);
+    expect(fourth).to.deep.equal(third);
     expect(introspection.json(third)).to.equal(JSON.stringify(second));
     expect(second).to.include({ active: true, jti: lease.id });
     // Another process releases the lease: the answer is built from the new record, inactive.
