@@ -168,13 +168,9 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     // MINID trims whole stream nodes (~, 100 entries each): the old ones are gone.
     expect(await redis.xlen(trimShard.audit)).to.be.below(300);
   });
+
   it("runs many writes of several shards in calls of a few dozen, each applied or refused on its own", async () => {
-    const channel = `${prefix}:many-changes`;
-    const publishing = new AtomicWriter(redis, {
-      retentionMs: 3_600_000,
-      channel: `${prefix}:events`,
-      changes: channel,
-    });
+    const { channel, publishing } = announcing("many-changes");
     const shards = [keys.shard(0), keys.shard(2)] as const;
     const count = WRITES_PER_CALL * 2 + 5;
     const shardOf = (n: number) => shards[n % 2] as (typeof shards)[number];
@@ -214,17 +210,12 @@ describe("atomic writes: a change, its indexes and its audit events together, or
   });
 
   it("publishes the keys a call patched in one message, which RecordChanges hears a key at a time", async () => {
-    const channel = `${prefix}:changes`;
+    const { channel, publishing } = announcing("changes");
     const changes = new RecordChanges({ redis, channel, logger: createLogger({ level: "error" }) });
     const heard: (string | undefined)[] = [];
     changes.subscribe((key) => heard.push(key));
     await eventually(async () => (changes.connected ? true : undefined), 5000);
     heard.length = 0;
-    const publishing = new AtomicWriter(redis, {
-      retentionMs: 3_600_000,
-      channel: `${prefix}:events`,
-      changes: channel,
-    });
     const at = keys.shard(3);
     const ids = ["p1", "p2", "p3"];
     for (const id of ids) await redis.set(at.lease(id), JSON.stringify({ id, status: "active" }));
@@ -274,12 +265,7 @@ describe("atomic writes: a change, its indexes and its audit events together, or
   });
 
   it("still tells other processes what it changed when a write of the call fails midway", async () => {
-    const channel = `${prefix}:failing-changes`;
-    const publishing = new AtomicWriter(redis, {
-      retentionMs: 3_600_000,
-      channel: `${prefix}:events`,
-      changes: channel,
-    });
+    const { channel, publishing } = announcing("failing-changes");
     const at = keys.shard(1);
     for (const id of ["f1", "f2", "f3"])
       await redis.set(at.lease(id), JSON.stringify({ id, status: "active" }));
@@ -306,6 +292,19 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     expect(messages).to.deep.equal([[at.lease("f1"), at.lease("f2")].join("\n")]);
     await redis.del(at.revokingLeases);
   });
+
+  /** A writer that announces the records it patches on a channel of its own. */
+  function announcing(name: string): { channel: string; publishing: AtomicWriter } {
+    const channel = `${prefix}:${name}`;
+    return {
+      channel,
+      publishing: new AtomicWriter(redis, {
+        retentionMs: 3_600_000,
+        channel: `${prefix}:events`,
+        changes: channel,
+      }),
+    };
+  }
 
   /** The messages published on `channel` while `fn` ran. */
   async function messagesOn(channel: string, fn: () => Promise<unknown>): Promise<string[]> {
