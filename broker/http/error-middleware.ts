@@ -66,11 +66,14 @@ export function writeError(res: ServerResponse, error: JitkeyError, requestId: s
   });
 }
 
+/** The media type of every JSON answer, as Express's `res.json` writes it. */
+export const JSON_CONTENT_TYPE = "application/json; charset=utf-8";
+
 /** A JSON answer on a plain node response, as Express's `res.json` writes it. */
 export function writeJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.statusCode = status;
-  res.setHeader("Content-Type", "application/json; charset=utf-8");
+  res.setHeader("Content-Type", JSON_CONTENT_TYPE);
   res.setHeader("Content-Length", Buffer.byteLength(text));
   res.end(text);
 }

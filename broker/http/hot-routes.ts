@@ -13,7 +13,7 @@ import {
 import { newId } from "../ids.ts";
 import { mintBinding } from "../oauth/mint-binding.ts";
 import type { Authenticator } from "./auth.ts";
-import { bodyError, clientError, writeError, writeJson } from "./error-middleware.ts";
+import { bodyError, clientError, JSON_CONTENT_TYPE, writeError, writeJson } from "./error-middleware.ts";
 import { type Caller, capped } from "./failed-auth.ts";
 import type { RedisHealth } from "./redis-health.ts";
 import { IntrospectBody, MintLeaseBody, TaskId } from "./schemas.ts";
@@ -147,11 +147,17 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
     return true;
   };
 
-  /** The headers every answer carries, one by one, for an answer not written by `answer`. */
+  /** The headers every answer carries, errors included, flat as `writeHead` takes them. */
+  function commonHeaders(requestId: string): string[] {
+    // Answers carry credentials and live state: no cache may keep one, errors included.
+    return [...common, "X-Request-Id", requestId, "Cache-Control", "no-store"];
+  }
+
+  /** {@link commonHeaders} one by one, for an answer not written by `answer`. */
   function setCommonHeaders(res: ServerResponse, requestId: string): void {
-    for (const [name, value] of parts.fixedHeaders) res.setHeader(name, value);
-    res.setHeader("X-Request-Id", requestId);
-    res.setHeader("Cache-Control", "no-store");
+    const headers = commonHeaders(requestId);
+    for (let at = 0; at < headers.length; at += 2)
+      res.setHeader(headers[at] as string, headers[at + 1] as string);
   }
 
   async function serve(
@@ -164,15 +170,10 @@ export function hotRoutes(broker: Broker, parts: HotRouteParts) {
     parts.logRequest(req, res, requestId);
     const answerJson = (status: number, text: string, headers: readonly string[] = []) => {
       res.writeHead(status, [
-        ...common,
-        "X-Request-Id",
-        requestId,
-        // Answers carry credentials and live state: no cache may keep one, errors included.
-        "Cache-Control",
-        "no-store",
+        ...commonHeaders(requestId),
         ...headers,
         "Content-Type",
-        "application/json; charset=utf-8",
+        JSON_CONTENT_TYPE,
         "Content-Length",
         String(Buffer.byteLength(text)),
       ]);
