@@ -170,15 +170,30 @@ export interface PreparedEvent {
   readonly publish: boolean;
 }
 
+/** A patch of the guarded record: fields set, fields removed, and its expiry (see `patch`). */
+interface PatchSpec {
+  f: Record<string, unknown>;
+  u?: string[];
+  t?: number;
+}
+
+/** An audit event of a write: its JSON, its index keys' numbers, published, moved-count field. */
+interface EventEntry {
+  j: string;
+  i: number[];
+  p?: 1;
+  n?: string;
+}
+
 /** Builds one atomic write. Keys are checked to belong to the shard. */
 export class AtomicWrite {
   readonly keys: string[] = [];
   readonly #guards: Guard[] = [];
   #create: { k: number; v: string } | undefined;
-  #patch: { f: Record<string, unknown>; u?: string[]; t?: number } | undefined;
+  #patch: PatchSpec | undefined;
   readonly #ops: Op[] = [];
   #move: { src: number; from: number[]; to: number; score: string } | undefined;
-  readonly #events: { j: string; i: number[]; p?: 1; n?: string }[] = [];
+  readonly #events: EventEntry[] = [];
   /** The audit stream's key number, once the write has an event. */
   #stream: number | undefined;
   #quiet = false;
@@ -212,7 +227,7 @@ export class AtomicWrite {
   /** Sets fields on the first guarded record (and removes `unset` ones). */
   patch(fields: Record<string, unknown>, options: { unset?: string[]; expiry?: RecordExpiry } = {}): this {
     if (this.#guards.length === 0) throw new Error("patch needs a guard");
-    const patch: { f: Record<string, unknown>; u?: string[]; t?: number } = { f: dropUndefined(fields) };
+    const patch: PatchSpec = { f: dropUndefined(fields) };
     if (options.unset?.length) patch.u = options.unset;
     const expiry = options.expiry ?? "keep";
     if (expiry === "persist") patch.t = -1;
@@ -277,7 +292,7 @@ export class AtomicWrite {
    * `moveMembers` moved.
    */
   event(event: PreparedEvent, options: { movedCountField?: string } = {}): this {
-    const entry: { j: string; i: number[]; p?: 1; n?: string } = {
+    const entry: EventEntry = {
       j: event.json,
       i: event.indexKeys.map((key) => this.key(key)),
     };
@@ -356,7 +371,7 @@ type Client = (Redis | Cluster) & {
 interface WriteSpec {
   g?: Guard[];
   c?: { k: number; v: string };
-  p?: { f: Record<string, unknown>; u?: string[]; t?: number };
+  p?: PatchSpec;
   o?: (string | number)[][];
   m?: { src: number; from: number[]; to: number; score: string };
   e?: { a: number; i: number[]; p?: 1; n?: string }[];
