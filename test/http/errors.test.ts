@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { generateKeyPair, SignJWT } from "jose";
 import type { Response } from "supertest";
+import { CreateTaskBody } from "../../broker/http/schemas.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { eventually } from "../helpers/redis.ts";
 
@@ -72,7 +73,36 @@ describe("HTTP errors: every code in the contract, through real requests", () =>
         .set(ciAgent)
         .send({ ...readDemo, sudo: true });
       const error = expectError(res, 400, "invalid_request");
-      expect(error.issues).to.be.an("array").that.is.not.empty;
+      expect(error.issues).to.deep.include({
+        path: "",
+        message: `holds a field it does not take; it takes ${Object.keys(CreateTaskBody.shape).join(", ")}`,
+      });
+    });
+
+    it("never repeats an unknown field's name: a JSON body sent as a form is one field named by the whole body", async () => {
+      const secret = "rec-secret-0123456789abcdef";
+      const res = await t.http
+        .post("/v1/tasks")
+        .set(ciAgent)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send(JSON.stringify({ token: secret, [`${secret}-key`]: 1 }));
+      expectError(res, 400, "invalid_request");
+      expect(res.text).to.not.include(secret);
+      expect(res.text).to.include("holds a field it does not take");
+    });
+
+    it("names the fields a nested object takes when it holds ones it does not", async () => {
+      const [resource] = readDemo.resources;
+      const res = await t.http
+        .post("/v1/tasks")
+        .set(ciAgent)
+        .send({ ...readDemo, resources: [{ ...resource, colour: "blue", size: 3 }] });
+      const error = expectError(res, 400, "invalid_request");
+      const issue = (error.issues as { path: string; message: string }[]).find(
+        (i) => i.path === "resources.0",
+      );
+      expect(issue?.message).to.match(/^holds 2 fields it does not take; it takes resource, scopes$/);
+      expect(error.message).to.not.include("colour");
     });
 
     it("answers 400 with issues naming ttlSeconds 0", async () => {
