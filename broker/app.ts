@@ -3,10 +3,9 @@ import cors from "cors";
 import express, { type Express, type RequestHandler, Router } from "express";
 import helmet from "helmet";
 import type { Broker } from "./broker.ts";
-import { InvalidRequestError } from "./errors.ts";
 import { Authenticator } from "./http/auth.ts";
 import { errorMiddleware, notFoundHandler, sendError } from "./http/error-middleware.ts";
-import { type HotRouteParts, hotRoutes } from "./http/hot-routes.ts";
+import { type HotRouteParts, hotRoutes, refusedBodyType, unsupportedBodyType } from "./http/hot-routes.ts";
 import { leasesRouter, revocationsRouter } from "./http/leases-router.ts";
 import { buildOpenApi } from "./http/openapi.ts";
 import { devRouter, oversightRouter } from "./http/operator-router.ts";
@@ -162,13 +161,7 @@ function securityHeaders(): RequestHandler {
 
 /** A body in a media type no route reads would be ignored silently; say so instead. */
 const refuseUnknownBodyTypes: RequestHandler = (req, _res, next) => {
-  const length = req.get("content-length");
-  const hasContent = req.get("transfer-encoding") !== undefined || (length !== undefined && length !== "0");
-  if (hasContent && !req.is(BODY_TYPES)) {
-    next(new InvalidRequestError(`Content-Type must be one of ${BODY_TYPES.join(", ")}`, undefined, 415));
-    return;
-  }
-  next();
+  next(refusedBodyType(req, BODY_TYPES) ? unsupportedBodyType(BODY_TYPES) : undefined);
 };
 
 function systemRouter(broker: Broker, health: RedisHealth): Router {
