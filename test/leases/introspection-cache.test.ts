@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { Introspection } from "../../broker/leases/introspection.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { agentSession, createTask, mintLease } from "../helpers/flows.ts";
 
@@ -63,6 +64,54 @@ describe("introspection held in memory, dropped on any change", () => {
       b.http.post(`/v1/tasks/${taskId}/complete`).set(agent.headers).expect(200),
     );
     expect(ms).to.be.lessThan(500);
+  });
+
+  it("holds a lease read only if the change stream was heard, without a reset, from before the read to its reply", async () => {
+    const agent = await agentSession(a, "repo:acme/app:ref:refs/heads/main");
+    const taskId = await createTask(a, agent, { resources: [{ resource: "demo-api", scopes: ["read"] }] });
+    const operator = { kind: "operator", id: "ops" } as const;
+    // The change stream as this test sets it: heard (or not), and reset (or not) while a read is out.
+    const stream = { connected: true, epoch: 0, resetDuringRead: false };
+    const changes = {
+      subscribe: () => () => {},
+      get connected() {
+        return stream.connected;
+      },
+      get epoch() {
+        return stream.epoch;
+      },
+    };
+    // The broker's own Redis client, its reads announcing a reset in flight when asked to.
+    const redis = new Proxy(a.broker.redis, {
+      get(target, name, receiver) {
+        if (name !== "mget") return Reflect.get(target, name, receiver);
+        return async (...keys: string[]) => {
+          const pending = target.mget(...keys);
+          if (stream.resetDuringRead) stream.epoch += 1;
+          return pending;
+        };
+      },
+    });
+    const { deps } = a.broker.introspection as unknown as {
+      deps: ConstructorParameters<typeof Introspection>[0];
+    };
+    /** Whether an introspection held what it read: it still answers active after the lease is released. */
+    async function held(setting: Partial<typeof stream>): Promise<boolean> {
+      Object.assign(stream, { connected: true, resetDuringRead: false }, setting);
+      const { lease, credential } = await mintLease(a, agent, taskId, { resource: "demo-api" });
+      const token = credential.token as string;
+      // Its first use is recorded (a change of the lease) before the introspection under test.
+      expect((await a.broker.introspection.introspect(token, operator)).active).to.equal(true);
+      const introspection = new Introspection({ ...deps, redis, changes });
+      expect((await introspection.introspect(token, operator)).active).to.equal(true);
+      Object.assign(stream, { connected: true, resetDuringRead: false });
+      await a.http.delete(`/v1/leases/${lease.id}`).set(agent.headers).expect(202);
+      return (await introspection.introspect(token, operator)).active;
+    }
+    // Without a change message (this test's stream never sends one), a held record lasts its second.
+    expect(await held({}), "heard throughout: held").to.equal(true);
+    expect(await held({ resetDuringRead: true }), "reset while the read was out").to.equal(false);
+    expect(await held({ connected: false }), "not heard when the read was sent").to.equal(false);
   });
 
   it("builds and serializes an active answer once per lease and task as held, and again after any change", async () => {
