@@ -12,7 +12,7 @@ export function leasesRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/", async (req, res) => {
     await auth.operator(req);
-    const leases = await broker.leases.list(validate(LeaseListQuery, req.query));
+    const leases = await broker.leases.list(validate(LeaseListQuery, req.query, "query"));
     res.json({ leases: leases.map(leaseView) });
   });
 

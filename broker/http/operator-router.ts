@@ -16,7 +16,7 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/events", async (req, res) => {
     await auth.operator(req);
-    const { types } = validate(EventsQuery, req.query);
+    const { types } = validate(EventsQuery, req.query, "query");
     const wanted = (name: NotificationEvent) => !types || types.includes(name);
     res.status(200).set({
       "Content-Type": "text/event-stream; charset=utf-8",
@@ -86,7 +86,7 @@ export function oversightRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/audit", async (req, res) => {
     await auth.operator(req);
-    res.json({ events: await broker.audit.query(validate(AuditListQuery, req.query)) });
+    res.json({ events: await broker.audit.query(validate(AuditListQuery, req.query, "query")) });
   });
 
   return router;

@@ -31,14 +31,14 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/", async (req, res) => {
     await auth.operator(req);
-    const query = validate(TaskListQuery, req.query);
+    const query = validate(TaskListQuery, req.query, "query");
     const tasks = await broker.tasks.list(query);
     res.json({ tasks: tasks.map(taskView) });
   });
 
   router.get("/:id", async (req, res) => {
     const principal = await auth.require(req, "agent", "operator");
-    const { waitSeconds } = validate(TaskReadQuery, req.query);
+    const { waitSeconds } = validate(TaskReadQuery, req.query, "query");
     // A long-poll ends early when the client goes away.
     const gone = new AbortController();
     res.on("close", () => gone.abort());
@@ -70,7 +70,7 @@ export function tasksRouter(broker: Broker, auth: Authenticator): Router {
 
   router.get("/:id/timeline", async (req, res) => {
     const principal = await auth.require(req, "agent", "operator");
-    const page = validate(TimelineQuery, req.query);
+    const page = validate(TimelineQuery, req.query, "query");
     res.json({ events: await broker.timeline.timeline(req.params.id, principal, page) });
   });
 

@@ -2,15 +2,22 @@ import type { RequestParamHandler } from "express";
 import type { z } from "zod";
 import { InvalidRequestError, NotFoundError } from "../errors.ts";
 
-/** Parses input with a schema; a failure becomes `invalid_request` naming each bad field. */
-export function validate<S extends z.ZodType>(schema: S, input: unknown): z.infer<S> {
+/**
+ * Parses input with a schema; a failure becomes `invalid_request` naming each bad field.
+ * `part` names the input where an issue is about all of it (`(query): ...`).
+ */
+export function validate<S extends z.ZodType>(
+  schema: S,
+  input: unknown,
+  part: "body" | "query" = "body",
+): z.infer<S> {
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
   const issues = result.error.issues.map((issue) => ({
     path: issue.path.join("."),
     message: issue.code === "unrecognized_keys" ? unknownFields(schema, issue) : issue.message,
   }));
-  const summary = issues.map((issue) => `${issue.path || "(body)"}: ${issue.message}`).join("; ");
+  const summary = issues.map((issue) => `${issue.path || `(${part})`}: ${issue.message}`).join("; ");
   throw new InvalidRequestError(summary, { issues });
 }
 

@@ -122,7 +122,8 @@ describe("HTTP errors: every code in the contract, through real requests", () =>
 
     it("answers 400 to an unknown query parameter on an operator list", async () => {
       const res = await t.http.get("/v1/leases?colour=blue").set(op);
-      expectError(res, 400, "invalid_request");
+      const error = expectError(res, 400, "invalid_request");
+      expect(error.message).to.match(/^\(query\): holds a field it does not take; it takes /);
     });
 
     it("answers 413 to a body over the size limit", async () => {
