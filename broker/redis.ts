@@ -133,6 +133,20 @@ export async function sendEach<I>(
   return ((await pipeline.exec()) ?? []) as CommandReplies;
 }
 
+/**
+ * A Lua function for scripts that read a sorted set by score from its low end:
+ * `lowestAtMost(key, score)` says whether the set's first member scores at most `score`
+ * (false when the set is empty or missing). It reads one member, where a range read by score
+ * walks down the skip list's levels, a cache miss each once the set is large: a script that
+ * asks first makes a pass that finds nothing cost the same with a million members as with none.
+ */
+export const LUA_LOWEST_AT_MOST = `
+local function lowestAtMost(key, score)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return first[2] ~= nil and tonumber(first[2]) <= tonumber(score)
+end
+`;
+
 /** The oldest Redis the broker runs on: audit streams are trimmed with `XADD ... MINID` (6.2). */
 export const MIN_REDIS_VERSION = [6, 2] as const;
 

@@ -5,7 +5,27 @@ import type { Clock } from "../broker/clock.ts";
 import type { Config } from "../broker/config.ts";
 import type { Logger } from "../broker/logger.ts";
 import type { Metrics } from "../broker/metrics.ts";
-import type { RedisKeys } from "../broker/redis.ts";
+import { LUA_LOWEST_AT_MOST, type RedisKeys } from "../broker/redis.ts";
+
+/**
+ * Drops every member scored at or below `ARGV[1]` from each sorted set in `KEYS` (one shard's
+ * listing indexes), reading a set by score only when its first member is that old: one call
+ * per shard, and the same cost with a million live leases as with none. Returns how many it
+ * dropped.
+ */
+const TRIM_SCRIPT = `${LUA_LOWEST_AT_MOST}
+local dropped = 0
+for _, key in ipairs(KEYS) do
+  if lowestAtMost(key, ARGV[1]) then
+    dropped = dropped + redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  end
+end
+return dropped
+`;
+
+type Client = (Redis | Cluster) & {
+  jitkeyTrimIndexes(...args: string[]): Promise<number>;
+};
 
 /** What one reconciler pass did. */
 export interface ReconcileReport {
@@ -39,7 +59,10 @@ export class Reconciler {
       revocation: Pick<Config["revocation"], "staleSeconds">;
       retention: Config["retention"];
     },
-  ) {}
+  ) {
+    if (!("jitkeyTrimIndexes" in deps.redis))
+      deps.redis.defineCommand("jitkeyTrimIndexes", { lua: TRIM_SCRIPT });
+  }
 
   async run(): Promise<ReconcileReport> {
     const report = emptyReport();
@@ -100,13 +123,11 @@ export class Reconciler {
   private async trimIndexes(report: ReconcileReport): Promise<void> {
     const { redis, keys } = this.deps;
     const cutoff = this.deps.clock.now() - this.deps.retention.leaseRecordDays * 86_400_000;
-    const trims = keys.shards.flatMap((shard) => [
-      redis.zremrangebyscore(shard.allTasks, "-inf", cutoff),
-      redis.zremrangebyscore(shard.allLeases, "-inf", cutoff),
-      ...[...this.deps.adapters.keys()].map((resource) =>
-        redis.zremrangebyscore(shard.resourceLeases(resource), "-inf", cutoff),
-      ),
-    ]);
+    const resources = [...this.deps.adapters.keys()];
+    const trims = keys.shards.map((shard) => {
+      const indexes = [shard.allTasks, shard.allLeases, ...resources.map((r) => shard.resourceLeases(r))];
+      return (redis as Client).jitkeyTrimIndexes(String(indexes.length), ...indexes, String(cutoff));
+    });
     report.trimmed += (await Promise.all(trims)).reduce((sum, n) => sum + n, 0);
   }
 }
