@@ -14,7 +14,7 @@
 import { cpus, loadavg } from "node:os";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
-import { fastest, LoadGenerator } from "./client.ts";
+import { fastest, LoadGenerator, percentile } from "./client.ts";
 import { measureFanout } from "./fanout.ts";
 import { BenchRun, startRedis, tail } from "./processes.ts";
 import { type Figures, judge, renderTable } from "./report.ts";
@@ -47,6 +47,7 @@ const settings = {
   scaleLeases: Number(options["scale-leases"] ?? (quick ? 5000 : 1_000_000)),
   startupRepeats: quick ? 2 : 3,
   reconcilePasses: 30,
+  reconcileWarm: 200,
   reconcileBudgetMs: quick ? 5_000 : 120_000,
   seeders: quick ? 1 : 2,
   timeoutMs: quick ? 30_000 : 180_000,
@@ -200,6 +201,11 @@ async function main(): Promise<void> {
       "reconcile.runs_empty_ms": scale.reconcileEmptyMs.map(round),
       "reconcile.runs_full_ms": scale.reconcileFullMs.map(round),
       "ratio.reconcile": reconcileFull / reconcileEmpty,
+      "reconcile.warm_ms_empty": fastest(scale.reconcileWarmEmptyMs),
+      "reconcile.warm_ms_full": fastest(scale.reconcileWarmFullMs),
+      "reconcile.warm_p50_ms_empty": percentile(scale.reconcileWarmEmptyMs, 50),
+      "reconcile.warm_p50_ms_full": percentile(scale.reconcileWarmFullMs, 50),
+      "ratio.reconcile_warm": fastest(scale.reconcileWarmFullMs) / fastest(scale.reconcileWarmEmptyMs),
       "startup.ready_ms_empty": startupEmpty,
       "startup.ready_ms_full": startupFull,
       "startup.leases": scale.leases,

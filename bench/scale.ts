@@ -1,5 +1,6 @@
 import { performance } from "node:perf_hooks";
 import type { BenchRedis, BenchRun } from "./processes.ts";
+import type { PassTimes } from "./seed.ts";
 import { startJitkey } from "./systems.ts";
 
 export interface ScaleSettings {
@@ -7,6 +8,8 @@ export interface ScaleSettings {
   leases: number;
   startupRepeats: number;
   reconcilePasses: number;
+  /** Further passes untimed, then as many timed: the figures of a warmed-up process. */
+  reconcileWarm: number;
   /** Stop timing further reconciler passes once this much time is spent (the first always runs). */
   reconcileBudgetMs: number;
   /** Seeding processes run side by side. */
@@ -19,6 +22,8 @@ export interface ScaleResult {
   startupFullMs: number[];
   reconcileEmptyMs: number[];
   reconcileFullMs: number[];
+  reconcileWarmEmptyMs: number[];
+  reconcileWarmFullMs: number[];
   seedSeconds: number;
   /** used_memory after seeding, per seeded lease (audit included). */
   seedBytesPerLease: number;
@@ -40,15 +45,15 @@ async function reconcilerPasses(
   run: BenchRun,
   configFile: string,
   settings: ScaleSettings,
-): Promise<number[]> {
-  const { times } = await run.runJson<{ times: number[] }>("reconcile", process.execPath, [
+): Promise<PassTimes> {
+  return await run.runJson<PassTimes>("reconcile", process.execPath, [
     ...SEED,
     "reconcile",
     configFile,
     String(settings.reconcilePasses),
     String(settings.reconcileBudgetMs),
+    String(settings.reconcileWarm),
   ]);
-  return times;
 }
 
 /**
@@ -67,7 +72,7 @@ export async function measureScale(
   await redis.client.flushall();
   progress("start-up and reconciler pass with 0 live leases");
   const startupEmptyMs = await startups(run, configFile, settings.startupRepeats);
-  const reconcileEmptyMs = await reconcilerPasses(run, configFile, settings);
+  const empty = await reconcilerPasses(run, configFile, settings);
 
   progress(`seeding ${settings.leases.toLocaleString("en")} live leases (${settings.seeders} processes)`);
   const usedBefore = await redis.usedMemory();
@@ -90,13 +95,15 @@ export async function measureScale(
 
   progress(`start-up and reconciler pass with ${settings.leases.toLocaleString("en")} live leases`);
   const startupFullMs = await startups(run, configFile, settings.startupRepeats);
-  const reconcileFullMs = await reconcilerPasses(run, configFile, settings);
+  const full = await reconcilerPasses(run, configFile, settings);
   return {
     leases: settings.leases,
     startupEmptyMs,
     startupFullMs,
-    reconcileEmptyMs,
-    reconcileFullMs,
+    reconcileEmptyMs: empty.times,
+    reconcileFullMs: full.times,
+    reconcileWarmEmptyMs: empty.warmTimes,
+    reconcileWarmFullMs: full.warmTimes,
     seedSeconds,
     seedBytesPerLease,
   };
