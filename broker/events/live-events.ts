@@ -62,7 +62,10 @@ export class LiveEvents {
     subscriber.on("error", (error: Error) =>
       this.deps.logger.warn("live events connection", { error: error.message }),
     );
-    subscriber.on("message", (_channel: string, message: string) => this.dispatch(message));
+    // One message per write call: an event per line (JSON holds no raw line break).
+    subscriber.on("message", (_channel: string, message: string) => {
+      for (const line of message.split("\n")) this.dispatch(line);
+    });
     this.#subscribed = subscriber.subscribe(this.deps.channel).then(
       () => undefined,
       (error: Error) => {
@@ -74,7 +77,7 @@ export class LiveEvents {
     );
   }
 
-  /** Messages are `<shard> <stream id> <event json>`. */
+  /** Lines are `<shard> <stream id> <event json>`. */
   private dispatch(message: string): void {
     const first = message.indexOf(" ");
     const second = message.indexOf(" ", first + 1);

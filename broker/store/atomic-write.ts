@@ -8,12 +8,13 @@ import { type ShardKeys, sendEach } from "../redis.ts";
  * its indexes or its audit event. Every key must belong to the writes' shard (one Redis
  * Cluster slot). A call carries one write or many (`ARGV[1]` is a JSON array of them): each
  * is applied, or refused by its own guards, on its own; one reply per write. The keys of
- * patched records are published once per call (`ARGV[2]`, newline-separated). Events travel
- * as arguments of their own (from `ARGV[7]`), not escaped inside the writes' JSON.
+ * patched records are published once per call (`ARGV[2]`, newline-separated), and so are the
+ * events waiting clients hear of (`ARGV[5]`, a line each). Events travel as arguments of their
+ * own (from `ARGV[7]`), not escaped inside the writes' JSON.
  */
 const ATOMIC_WRITE_SCRIPT = `
 local minId, indexTtl, liveChannel, shard = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local changed = {}
+local changed, live = {}, {}
 local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
 
 local function apply(spec)
@@ -103,25 +104,30 @@ local function apply(spec)
     local id = redis.call('XADD', KEYS[spec.x], 'MINID', '~', minId, '*', 'e', json)
     ids[i] = id
     for _, index in ipairs(event.i or {}) do
-      redis.call('RPUSH', KEYS[index], id)
+      local length = redis.call('RPUSH', KEYS[index], id)
       redis.call('EXPIRE', KEYS[index], indexTtl)
-      -- Ids past retention point at trimmed events: drop a few from the head on every append.
-      for _ = 1, 8 do
-        local head = redis.call('LINDEX', KEYS[index], 0)
-        if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(minId) then break end
-        redis.call('LPOP', KEYS[index])
+      -- Ids past retention point at trimmed events: every 16th append drops those at the head,
+      -- up to 8 per append since the last look (a list shorter than 16 expires whole instead).
+      if length % 16 == 0 then
+        for _ = 1, 128 do
+          local head = redis.call('LINDEX', KEYS[index], 0)
+          if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(minId) then break end
+          redis.call('LPOP', KEYS[index])
+        end
       end
     end
-    if event.p then redis.call('PUBLISH', liveChannel, shard .. ' ' .. id .. ' ' .. json) end
+    if event.p then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
   end
   if spec.q then raw = false end
   return {1, raw or false, 0, ids, moved}
 end
 
--- Processes that cache record state drop these: also when a write fails midway, since what
--- the writes before it (and it, up to the failure) changed stays changed.
+-- Processes that cache record state drop these, and waiting clients hear of these events:
+-- also when a write fails midway, since what the writes before it (and it, up to the failure)
+-- changed stays changed. One message each per call, a line per record or event.
 local function publishChanged()
   if #changed > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], table.concat(changed, '\\n')) end
+  if #live > 0 then redis.call('PUBLISH', liveChannel, table.concat(live, '\\n')) end
 end
 local replies = {}
 for i, spec in ipairs(cjson.decode(ARGV[1])) do

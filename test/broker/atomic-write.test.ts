@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { LiveEvents } from "../../broker/events/live-events.ts";
 import { RecordChanges } from "../../broker/events/record-changes.ts";
 import { createLogger } from "../../broker/logger.ts";
 import { RedisKeys } from "../../broker/redis.ts";
@@ -162,9 +163,18 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     );
     expect(await redis.xlen(trimShard.audit)).to.equal(300);
     await new Promise((resolve) => setTimeout(resolve, 20));
-    await short.run(new AtomicWrite(trimShard).event(event({ n: 300 }, [index])));
-    // The list drops a few expired ids from its head on every append.
-    expect(await redis.llen(index)).to.equal(301 - 8);
+    const append = (from: number, count: number) =>
+      short.runAll(
+        Array.from({ length: count }, (_, n) =>
+          new AtomicWrite(trimShard).event(event({ n: from + n }, [index])),
+        ),
+      );
+    // The list looks at its head on every 16th append only ...
+    await append(300, 3);
+    expect(await redis.llen(index)).to.equal(303);
+    // ... and then drops expired ids, up to 8 for each append since it last looked.
+    await append(303, 1);
+    expect(await redis.llen(index)).to.equal(304 - 128);
     // MINID trims whole stream nodes (~, 100 entries each): the old ones are gone.
     expect(await redis.xlen(trimShard.audit)).to.be.below(300);
   });
@@ -291,6 +301,38 @@ describe("atomic writes: a change, its indexes and its audit events together, or
     ]);
     expect(messages).to.deep.equal([[at.lease("f1"), at.lease("f2")].join("\n")]);
     await redis.del(at.revokingLeases);
+  });
+
+  it("publishes the events one call wrote for waiting clients in one message, and LiveEvents hands each on", async () => {
+    const channel = `${prefix}:live-batch`;
+    const publishing = new AtomicWriter(redis, { retentionMs: 3_600_000, channel });
+    const live = new LiveEvents({ redis, channel, logger: createLogger({ level: "error" }) });
+    const heard: { name: string; leaseId?: string; id: string }[] = [];
+    live.subscribe(({ name, event }) => heard.push({ name, leaseId: event.leaseId, id: event.id }));
+    await live.ready();
+    try {
+      const at = keys.shard(2);
+      const revoked = (leaseId: string) =>
+        new AtomicWrite(at).event(event({ type: "lease_revoked", leaseId, at: "x" }, [], true));
+      // Published too, but it names no notification: LiveEvents passes it over.
+      const minted = new AtomicWrite(at).event(
+        event({ type: "lease_issued", leaseId: "lb0", at: "x" }, [], true),
+      );
+      const messages = await messagesOn(channel, () =>
+        publishing.runAll([revoked("lb1"), minted, revoked("lb2"), revoked("lb3")]),
+      );
+      expect(messages).to.have.length(1);
+      expect((messages[0] as string).split("\n")).to.have.length(4);
+      await eventually(async () => (heard.length >= 3 ? true : undefined), 5000);
+      expect(heard.map(({ name, leaseId }) => [name, leaseId])).to.deep.equal([
+        ["lease_revoked", "lb1"],
+        ["lease_revoked", "lb2"],
+        ["lease_revoked", "lb3"],
+      ]);
+      expect(new Set(heard.map(({ id }) => id)).size).to.equal(3);
+    } finally {
+      await live.close();
+    }
   });
 
   /** A writer that announces the records it patches on a channel of its own. */
