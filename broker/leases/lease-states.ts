@@ -330,12 +330,16 @@ export class LeaseStates {
     );
   }
 
+  /**
+   * Takes a settled lease out of the due index it can be in, as its guarded status says: the
+   * revoking index (a sweeper's claim moves a due lease there whatever its status), and the
+   * live one for an issuing or active lease, the failed one for a revoke_failed lease.
+   */
   private finish(write: AtomicWrite, lease: Lease): AtomicWrite {
     const shard = write.shard;
-    write
-      .zrem(shard.liveLeases, lease.id)
-      .zrem(shard.revokingLeases, lease.id)
-      .zrem(shard.failedLeases, lease.id);
+    write.zrem(shard.revokingLeases, lease.id);
+    if (lease.status === "issuing" || lease.status === "active") write.zrem(shard.liveLeases, lease.id);
+    if (lease.status === "revoke_failed") write.zrem(shard.failedLeases, lease.id);
     if (lease.handle) write.hdel(shard.handles(lease.resource), lease.handle);
     return write;
   }
