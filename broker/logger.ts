@@ -8,7 +8,7 @@ const SECRET_FIELD =
 const SECRET_VALUE = /(eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|Bearer\s+\S+)/g;
 
 /** Whether a field's value is never logged. Hashes of tokens are configuration, not secrets. */
-function isSecretField(field: string): boolean {
+export function isSecretField(field: string): boolean {
   let secret = secretFields.get(field);
   if (secret === undefined) {
     secret = SECRET_FIELD.test(field) && !/sha256|hash|accessor$/i.test(field);
@@ -19,10 +19,15 @@ function isSecretField(field: string): boolean {
 }
 const secretFields = new Map<string, boolean>();
 
+/** `text` with whatever looks like a secret in it (a JWT, a bearer header) replaced by "[redacted]". */
+export function redactText(text: string): string {
+  return text.replace(SECRET_VALUE, "[redacted]");
+}
+
 /** Returns a copy of `value` with secret fields replaced by "[redacted]". */
 export function redact(value: unknown, depth = 0): unknown {
   if (depth > 8) return "[truncated]";
-  if (typeof value === "string") return value.replace(SECRET_VALUE, "[redacted]");
+  if (typeof value === "string") return redactText(value);
   if (Array.isArray(value)) return value.map((item) => redact(item, depth + 1));
   if (value && typeof value === "object") {
     if (value instanceof Error) return { name: value.name, message: redact(value.message, depth + 1) };

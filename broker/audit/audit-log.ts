@@ -3,8 +3,7 @@ import type { Cluster, Redis } from "ioredis";
 import type { Clock } from "../clock.ts";
 import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
-import type { Logger } from "../logger.ts";
-import { redact } from "../logger.ts";
+import { isSecretField, type Logger, redactText } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
 import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
 
@@ -120,16 +119,24 @@ function compare(a: EventPosition, b: EventPosition): number {
   return a.ms - b.ms || a.seq - b.seq || a.shard - b.shard;
 }
 
-/** Caps every string and array of an event so no caller can make the trail store unbounded data. */
-function bounded(value: unknown, depth = 0): unknown {
+/**
+ * An event as it is stored, in one walk: every string and array capped, so no caller can make
+ * the trail store unbounded data, and secret-looking fields and values redacted.
+ */
+function storable(value: unknown, depth = 0): unknown {
   if (typeof value === "string")
-    return value.length > MAX_FIELD_CHARS ? `${value.slice(0, MAX_FIELD_CHARS)}…[cut]` : value;
+    return redactText(value.length > MAX_FIELD_CHARS ? `${value.slice(0, MAX_FIELD_CHARS)}…[cut]` : value);
   if (depth > 4) return "[too deep]";
-  if (Array.isArray(value)) return value.slice(0, MAX_ARRAY_ITEMS).map((item) => bounded(item, depth + 1));
+  if (Array.isArray(value)) return value.slice(0, MAX_ARRAY_ITEMS).map((item) => storable(item, depth + 1));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [field, inner] of Object.entries(value).slice(0, MAX_ARRAY_ITEMS))
-      if (inner !== undefined) out[field] = bounded(inner, depth + 1);
+    let fields = 0;
+    for (const field in value) {
+      if (!Object.hasOwn(value, field)) continue;
+      if (fields++ === MAX_ARRAY_ITEMS) break;
+      const inner = (value as Record<string, unknown>)[field];
+      if (inner !== undefined) out[field] = isSecretField(field) ? "[redacted]" : storable(inner, depth + 1);
+    }
     return out;
   }
   return value;
@@ -159,7 +166,7 @@ export class AuditLog {
    * and its agent. Secret-looking fields are redacted and every field is bounded first.
    */
   add(write: AtomicWrite, input: AuditInput, options: { movedCountField?: string } = {}): void {
-    const body = redact(bounded({ at: new Date(this.deps.clock.now()).toISOString(), ...input })) as Omit<
+    const body = storable({ at: new Date(this.deps.clock.now()).toISOString(), ...input }) as Omit<
       AuditEvent,
       "id"
     >;
