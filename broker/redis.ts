@@ -138,7 +138,7 @@ export async function sendEach<I>(
  * `lowestAtMost(key, score)` says whether the set's first member scores at most `score`
  * (false when the set is empty or missing). It reads one member, where a range read by score
  * walks down the skip list's levels, a cache miss each once the set is large: a script that
- * asks first makes a pass that finds nothing cost the same with a million members as with none.
+ * asks first reads one member of each set on a pass that finds nothing, however large the set.
  */
 export const LUA_LOWEST_AT_MOST = `
 local function lowestAtMost(key, score)

@@ -12,7 +12,8 @@ import type { RevocationQueue } from "./queues.ts";
  * never claim the same member.
  *
  * Each index's first member is looked at before it is read by score (`lowestAtMost`), so a
- * pass that finds nothing due, as most do, costs the same however many leases are live.
+ * pass that finds nothing due, as most do, reads one member of each index however many
+ * leases are live.
  */
 const CLAIM_SCRIPT = `${LUA_LOWEST_AT_MOST}
 local now, lookAgainAt, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])

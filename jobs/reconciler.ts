@@ -10,7 +10,7 @@ import { LUA_LOWEST_AT_MOST, type RedisKeys } from "../broker/redis.ts";
 /**
  * Drops every member scored at or below `ARGV[1]` from each sorted set in `KEYS` (one shard's
  * listing indexes), reading a set by score only when its first member is that old: one call
- * per shard, and the same cost with a million live leases as with none. Returns how many it
+ * per shard, reading one member of each set when there is nothing to drop. Returns how many it
  * dropped.
  */
 const TRIM_SCRIPT = `${LUA_LOWEST_AT_MOST}
