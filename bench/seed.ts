@@ -178,8 +178,8 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${JSON.stringify(result)}\n`);
   } else if (command === "reconcile") {
     const [passes, budgetMs, warm] = rest.map(Number);
-    const times = await timeReconcilerPasses(config, passes ?? 3, budgetMs ?? 60_000, warm ?? 0);
-    process.stdout.write(`${JSON.stringify(times)}\n`);
+    const timed = await timeReconcilerPasses(config, passes ?? 3, budgetMs ?? 60_000, warm ?? 0);
+    process.stdout.write(`${JSON.stringify(timed)}\n`);
   } else {
     throw new Error(`unknown command ${command}`);
   }
