@@ -134,16 +134,21 @@ export async function sendEach<I>(
 }
 
 /**
- * A Lua function for scripts that read a sorted set by score from its low end:
- * `lowestAtMost(key, score)` says whether the set's first member scores at most `score`
- * (false when the set is empty or missing). It reads one member, where a range read by score
- * walks down the skip list's levels, a cache miss each once the set is large: a script that
- * asks first reads one member of each set on a pass that finds nothing, however large the set.
+ * Lua functions for scripts that read a sorted set by score from its low end:
+ * `lowest(key)` is the score of the set's first member (nil when the set is empty or
+ * missing), and `lowestAtMost(key, score)` says whether that score is at most `score`. They
+ * read one member, where a range read by score walks down the skip list's levels, a cache
+ * miss each once the set is large: a script that asks first reads one member of each set on a
+ * pass that finds nothing, however large the set.
  */
 export const LUA_LOWEST_AT_MOST = `
-local function lowestAtMost(key, score)
+local function lowest(key)
   local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return first[2] ~= nil and tonumber(first[2]) <= tonumber(score)
+  return tonumber(first[2])
+end
+local function lowestAtMost(key, score)
+  local first = lowest(key)
+  return first ~= nil and first <= tonumber(score)
 end
 `;
 

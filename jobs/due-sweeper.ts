@@ -13,12 +13,16 @@ import type { RevocationQueue } from "./queues.ts";
  *
  * Each index's first member is looked at before it is read by score (`lowestAtMost`), so a
  * pass that finds nothing due, as most do, reads one member of each index however many
- * leases are live.
+ * leases are live. The lowest score it saw comes back too (as a string, or false when every
+ * index is empty): when the next member falls due, so the sweeper can wake then.
  */
 const CLAIM_SCRIPT = `${LUA_LOWEST_AT_MOST}
 local now, lookAgainAt, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local soonest
 local function due(key)
-  if not lowestAtMost(key, now) then return {} end
+  local first = lowest(key)
+  if first ~= nil and (soonest == nil or first < soonest) then soonest = first end
+  if first == nil or first > tonumber(now) then return {} end
   return redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
 end
 local leases = {}
@@ -35,11 +39,24 @@ for _, id in ipairs(due(KEYS[2])) do
 end
 local tasks = due(KEYS[4])
 for _, id in ipairs(tasks) do redis.call('ZADD', KEYS[4], lookAgainAt, id) end
-return {leases, tasks}
+return {leases, tasks, soonest and string.format('%.0f', soonest) or false}
 `;
 
+/** What one pass claimed, and when the next member falls due (ms; undefined: nothing is indexed). */
+export interface SweepReport {
+  leases: number;
+  tasks: number;
+  nextDueAt?: number;
+}
+
+/**
+ * The shortest pause between passes when something falls due soon: passes a few milliseconds
+ * apart at most, whatever the clock says (a test's manual clock does not move by itself).
+ */
+const MIN_PAUSE_MS = 5;
+
 type Client = (Redis | Cluster) & {
-  jitkeyClaimDue(...args: string[]): Promise<[string[], string[]]>;
+  jitkeyClaimDue(...args: string[]): Promise<[string[], string[], string | null]>;
 };
 
 /**
@@ -72,16 +89,19 @@ export class DueSweeper {
       deps.redis.defineCommand("jitkeyClaimDue", { numberOfKeys: 4, lua: CLAIM_SCRIPT });
   }
 
-  /** One pass over every shard; returns how many leases and tasks it handed to jobs. */
-  async sweepOnce(): Promise<{ leases: number; tasks: number }> {
-    const counts = await Promise.all(this.deps.keys.shards.map((shard) => this.sweepShard(shard)));
-    return counts.reduce(
-      (sum, count) => ({ leases: sum.leases + count.leases, tasks: sum.tasks + count.tasks }),
-      {
-        leases: 0,
-        tasks: 0,
-      },
-    );
+  /**
+   * One pass over every shard; returns how many leases and tasks it handed to jobs, and when
+   * the next member of any index falls due (undefined when every index is empty).
+   */
+  async sweepOnce(): Promise<SweepReport> {
+    const reports = await Promise.all(this.deps.keys.shards.map((shard) => this.sweepShard(shard)));
+    const report: SweepReport = { leases: 0, tasks: 0 };
+    for (const { leases, tasks, nextDueAt } of reports) {
+      report.leases += leases;
+      report.tasks += tasks;
+      if (nextDueAt !== undefined) report.nextDueAt = Math.min(nextDueAt, report.nextDueAt ?? nextDueAt);
+    }
+    return report;
   }
 
   /** Starts sweeping in the background until {@link stop}. */
@@ -105,8 +125,12 @@ export class DueSweeper {
       try {
         const found = await this.sweepOnce();
         failures = 0;
-        // More may be due at once (an expiry storm): go again without waiting.
+        // More may be due at once (an expiry storm): go again without waiting. Otherwise wake
+        // when the next member falls due, if that is sooner than the idle pause: a lease is
+        // claimed as it expires, not up to a pause later.
         if (found.leases + found.tasks > 0) pause = 0;
+        else if (found.nextDueAt !== undefined)
+          pause = Math.min(idleMs, Math.max(MIN_PAUSE_MS, found.nextDueAt - this.deps.clock.now() + 1));
       } catch (error) {
         failures += 1;
         if (failures === 1 || failures % 50 === 0)
@@ -125,9 +149,9 @@ export class DueSweeper {
     }
   }
 
-  private async sweepShard(shard: ShardKeys): Promise<{ leases: number; tasks: number }> {
+  private async sweepShard(shard: ShardKeys): Promise<SweepReport> {
     const now = this.deps.clock.now();
-    const [leases, tasks] = await (this.deps.redis as Client).jitkeyClaimDue(
+    const [leases, tasks, nextDueAt] = await (this.deps.redis as Client).jitkeyClaimDue(
       shard.liveLeases,
       shard.revokingLeases,
       shard.failedLeases,
@@ -137,6 +161,10 @@ export class DueSweeper {
       String(this.deps.batch ?? 500),
     );
     await Promise.all([this.deps.queue.settleLeases(leases), this.deps.queue.expireTasks(tasks)]);
-    return { leases: leases.length, tasks: tasks.length };
+    return {
+      leases: leases.length,
+      tasks: tasks.length,
+      nextDueAt: typeof nextDueAt === "string" ? Number(nextDueAt) : undefined,
+    };
   }
 }

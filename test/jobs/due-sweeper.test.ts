@@ -87,7 +87,7 @@ describe("due sweeper: expiry, stalled and failed revocations, task expiry", () 
     const taskId = await createTask(t, agent);
     await mintLease(t, agent, taskId, { ttlSeconds: 60 });
     await t.http.delete(`/v1/leases/${(await mintLease(t, agent, taskId)).lease.id}`).set(agent.headers);
-    expect(await sweep()).to.deep.equal({ leases: 0, tasks: 0 });
+    expect(await sweep()).to.include({ leases: 0, tasks: 0 });
     const counts = await t.broker.queue.queue.getJobCounts("delayed", "waiting");
     // Only the release's job waits; expiry is a score in the due index, not a delayed job.
     expect(counts).to.deep.equal({ delayed: 0, waiting: 1 });
@@ -98,9 +98,10 @@ describe("due sweeper: expiry, stalled and failed revocations, task expiry", () 
     const taskId = await createTask(t, agent);
     const { lease } = await mintLease(t, agent, taskId, { ttlSeconds: 60 });
     clock.advance(59_000);
-    expect(await sweep()).to.deep.equal({ leases: 0, tasks: 0 });
+    // Nothing due yet, and the pass says when the lease will be.
+    expect(await sweep()).to.deep.equal({ leases: 0, tasks: 0, nextDueAt: Date.parse(lease.expiresAt) });
     clock.advance(2_000);
-    expect(await sweep()).to.deep.equal({ leases: 1, tasks: 0 });
+    expect(await sweep()).to.include({ leases: 1, tasks: 0 });
     await startWorker();
     const revoked = await leaseReaches(t, lease.id, "revoked");
     expect(revoked).to.include({ revokeReason: "expired", revokeRequestedAt: lease.expiresAt });
@@ -218,10 +219,10 @@ describe("due sweeper: expiry, stalled and failed revocations, task expiry", () 
     const agent = await agentSession(t);
     const taskId = await createTask(t, agent, { ttlSeconds: 30 });
     const { lease } = await mintLease(t, agent, taskId);
-    expect(await sweep()).to.deep.equal({ leases: 0, tasks: 0 });
+    expect(await sweep()).to.include({ leases: 0, tasks: 0 });
     clock.advance(31_000);
     // The lease cannot outlive its task, so it is due too; whichever path comes first revokes it.
-    expect(await sweep()).to.deep.equal({ leases: 1, tasks: 1 });
+    expect(await sweep()).to.include({ leases: 1, tasks: 1 });
     await startWorker();
     const revoked = await leaseReaches(t, lease.id, "revoked");
     expect(revoked.revokeReason).to.equal("expired");
@@ -292,5 +293,45 @@ describe("due sweeper: expiry, stalled and failed revocations, task expiry", () 
       async () => (await t.broker.leases.list({ status: "revoked", limit: 100 })).length === 12,
     );
     expect(t.recording.revokeCalls).to.equal(12);
+  });
+});
+
+describe("due sweeper, running: wakes when the next member falls due", () => {
+  let t: TestBroker;
+  beforeEach(async () => {
+    t = await startTestBroker({ name: "sweeper-wake", workers: false });
+  });
+  afterEach(async () => {
+    await t.close();
+  });
+
+  it("claims a lease as it expires, not an idle pause later", async () => {
+    const agent = await agentSession(t);
+    const taskId = await createTask(t, agent);
+    const { lease } = await mintLease(t, agent, taskId, { ttlSeconds: 2 });
+    // Idle passes 30 s apart: only a wake-up at the lease's expiry claims it within the test.
+    const sweeper = new DueSweeper({
+      redis: t.broker.redis,
+      keys: t.broker.keys,
+      queue: t.broker.queue,
+      clock: { now: () => Date.now() },
+      logger: t.broker.logger,
+      staleMs: 60_000,
+      idleMs: 30_000,
+    });
+    sweeper.start();
+    try {
+      const index = t.broker.keys.forId(lease.id).revokingLeases;
+      const claimedAt = await eventually(
+        async () => ((await t.redis.zscore(index, lease.id)) !== null ? Date.now() : undefined),
+        10_000,
+        5,
+      );
+      const expiresAt = Date.parse(lease.expiresAt);
+      expect(claimedAt, "claimed at or after the expiry").to.be.at.least(expiresAt);
+      expect(claimedAt - expiresAt, "ms from expiry to claim").to.be.below(1000);
+    } finally {
+      await sweeper.stop();
+    }
   });
 });
