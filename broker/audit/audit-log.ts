@@ -5,7 +5,13 @@ import type { NotificationEvent } from "../config.ts";
 import { InvalidRequestError } from "../errors.ts";
 import { isSecretField, type Logger, redactText } from "../logger.ts";
 import { type RedisKeys, type ShardKeys, sendEach } from "../redis.ts";
-import { type AtomicResult, AtomicWrite, type AtomicWriter } from "../store/atomic-write.ts";
+import {
+  type AtomicResult,
+  AtomicWrite,
+  type AtomicWriter,
+  type BatchPatch,
+  type PreparedEvent,
+} from "../store/atomic-write.ts";
 
 export const AUDIT_EVENT_TYPES = [
   "task_created",
@@ -166,16 +172,26 @@ export class AuditLog {
    * and its agent. Secret-looking fields are redacted and every field is bounded first.
    */
   add(write: AtomicWrite, input: AuditInput, options: { movedCountField?: string } = {}): void {
-    const body = storable({ at: new Date(this.deps.clock.now()).toISOString(), ...input }) as Omit<
-      AuditEvent,
-      "id"
-    >;
-    const shard = write.shard;
+    write.event(this.prepare(write.shard, input), options);
+  }
+
+  /** An event as it is stored in `shard`, for a write to carry (see {@link add}). */
+  prepare(shard: ShardKeys, input: AuditInput): PreparedEvent {
+    const body = storable({ at: new Date(this.deps.clock.now()).toISOString(), ...input });
     const indexKeys: string[] = [];
     if (input.taskId) indexKeys.push(shard.auditOfTask(input.taskId));
     if (input.agentId) indexKeys.push(shard.auditOfAgent(input.agentId));
-    const json = JSON.stringify(body);
-    write.event({ json, indexKeys, publish: notificationName(input) !== undefined }, options);
+    return { json: JSON.stringify(body), indexKeys, publish: notificationName(input) !== undefined };
+  }
+
+  /** Applies patches of one shape, each with its event (see {@link AtomicWriter.runPatches}), and logs the events of those applied. */
+  async applyPatches(patches: readonly BatchPatch[]): Promise<boolean[]> {
+    const ids = await this.deps.writer.runPatches(patches);
+    return patches.map((patch, i) => {
+      const id = ids[i];
+      if (id !== undefined) this.log(patch.event.json, id, patch.shard.index);
+      return id !== undefined;
+    });
   }
 
   /** Applies a write and logs the events it wrote. */
@@ -294,15 +310,16 @@ export class AuditLog {
   private logApplied(write: AtomicWrite, result: AtomicResult): void {
     // Nothing to build when nobody reads audit lines (log.level above info).
     if (!write.hasEvents || !result.ok || !this.deps.logger.isLevelEnabled("info")) return;
-    for (let i = 0, json = write.eventJson(0); json !== undefined; json = write.eventJson(++i)) {
-      const streamId = result.eventIds[i];
-      // The event was redacted when it was added, and is logged as it was stored, its id first
-      // (a stored event always holds `at`, so there is a member to put it before).
-      const line = streamId
-        ? `{"id":${JSON.stringify(publicEventId(streamId, write.shard.index))},${json.slice(1)}`
-        : json;
-      this.deps.logger.infoWithJson("audit", "audit", line);
-    }
+    for (let i = 0, json = write.eventJson(0); json !== undefined; json = write.eventJson(++i))
+      this.log(json, result.eventIds[i], write.shard.index);
+  }
+
+  /** One event's log line, as it was stored (redacted when prepared), its id first. */
+  private log(json: string, streamId: string | undefined, shard: number): void {
+    if (!this.deps.logger.isLevelEnabled("info")) return;
+    // A stored event always holds `at`, so there is a member to put the id before.
+    const line = streamId ? `{"id":${JSON.stringify(publicEventId(streamId, shard))},${json.slice(1)}` : json;
+    this.deps.logger.infoWithJson("audit", "audit", line);
   }
 }
 

@@ -1,11 +1,12 @@
 import { AdapterError, type CredentialAdapter, type IssuedCredential } from "../../adapters/types.ts";
 import type { RevocationQueue } from "../../jobs/queues.ts";
-import type { AuditLog } from "../audit/audit-log.ts";
+import type { AuditInput, AuditLog } from "../audit/audit-log.ts";
 import type { Clock } from "../clock.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../logger.ts";
 import type { Metrics } from "../metrics.ts";
-import type { AtomicWrite } from "../store/atomic-write.ts";
+import type { ShardKeys } from "../redis.ts";
+import type { AtomicWrite, BatchPatch } from "../store/atomic-write.ts";
 import type { RecordStore } from "../store/record-store.ts";
 import { LIVE_TASK_STATUSES, type Task } from "../tasks/task.ts";
 import type { Lease, RevokeReason } from "./lease.ts";
@@ -119,6 +120,7 @@ export class LeaseRevoker {
 
     // Each planned write, and what to do once it is applied.
     const planned: { write: AtomicWrite; applied?: (written: () => Lease) => void }[] = [];
+    const patches: { patch: BatchPatch; applied: () => void }[] = [];
     const tidy = (write: AtomicWrite) => planned.push({ write, applied: () => (report.tidied += 1) });
     for (const id of leaseIds) if (!found.has(id)) tidy(states.untrack(id));
     // Leases already under revocation, whose next attempt this job must take first.
@@ -145,14 +147,19 @@ export class LeaseRevoker {
           applied: () => (report.rescheduled += 1),
         });
       } else if (lease.revocation !== "backend") {
-        // The adapter has nothing to delete: the status change is the revocation.
-        planned.push({
-          write: this.settleWrite(lease, request, nowIso, true),
-          applied: () => {
-            this.countRevoked(lease, request, now);
-            report.revoked += 1;
-          },
-        });
+        // The adapter has nothing to delete: the status change is the revocation. Nearly
+        // every such lease fits the one-shape patch many of which go in one call.
+        const applied = () => {
+          this.countRevoked(lease, request, now);
+          report.revoked += 1;
+        };
+        const patch = states.settleDirectPatch(lease, request, nowIso);
+        if (patch)
+          patches.push({
+            patch: { ...patch, event: this.revokedEvent(patch.shard, lease, request, now) },
+            applied,
+          });
+        else planned.push({ write: this.settleWrite(lease, request, nowIso, true), applied });
       } else if (lease.status === "revoking") {
         revoking.push(lease);
       } else {
@@ -163,7 +170,13 @@ export class LeaseRevoker {
         planned.push({ write, applied: (started) => attempts.push(started()) });
       }
     }
-    const results = await audit.applyAll(planned.map(({ write }) => write));
+    const [results, patched] = await Promise.all([
+      audit.applyAll(planned.map(({ write }) => write)),
+      audit.applyPatches(patches.map(({ patch }) => patch)),
+    ]);
+    patched.forEach((ok, i) => {
+      if (ok) patches[i]?.applied();
+    });
     results.forEach((result, i) => {
       // Only a started attempt needs the record as written; the rest need no parse of it.
       if (result.ok) planned[i]?.applied?.(() => JSON.parse(result.record ?? "{}") as Lease);
@@ -322,11 +335,19 @@ export class LeaseRevoker {
         ? this.deps.states.settleDirect(lease, request, revokedAt)
         : this.deps.states.settle(lease, revokedAt)
     ).quiet();
-    this.deps.audit.add(write, {
-      ...this.event("lease_revoked", lease, request.requestedBy, request.reason),
-      lagSeconds: lagSeconds(request, Date.parse(revokedAt)),
-    });
+    this.deps.audit.add(write, this.revokedInput(lease, request, Date.parse(revokedAt)));
     return write;
+  }
+
+  private revokedEvent(shard: ShardKeys, lease: Lease, request: RevocationRequest, revokedAt: number) {
+    return this.deps.audit.prepare(shard, this.revokedInput(lease, request, revokedAt));
+  }
+
+  private revokedInput(lease: Lease, request: RevocationRequest, revokedAt: number): AuditInput {
+    return {
+      ...this.event("lease_revoked", lease, request.requestedBy, request.reason),
+      lagSeconds: lagSeconds(request, revokedAt),
+    };
   }
 
   private countRevoked(lease: Lease, request: RevocationRequest, revokedAt: number): void {

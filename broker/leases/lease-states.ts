@@ -1,11 +1,18 @@
 import type { RedisKeys, ShardKeys } from "../redis.ts";
-import { AtomicWrite } from "../store/atomic-write.ts";
+import { AtomicWrite, type BatchPatch } from "../store/atomic-write.ts";
 import type { Lease, LeaseStatus, RevokeReason } from "./lease.ts";
 
 /** Who took a lease's attempt at the adapter (a revocation job's id), and when. */
 export interface RevokeAttempt {
   at: string;
   by?: string;
+}
+
+/** Who asked for a revocation, when, and why. */
+interface RevocationRequestFields {
+  reason: RevokeReason;
+  requestedAt: string;
+  requestedBy: string;
 }
 
 /** The fields of an attempt under way, cleared when it ends without settling the lease. */
@@ -236,25 +243,50 @@ export class LeaseStates {
    * Straight to revoked, for leases whose adapter has nothing to delete (revocation works
    * through introspection): one write however many leases a task had.
    */
-  settleDirect(
-    lease: Lease,
-    request: { reason: RevokeReason; requestedAt: string; requestedBy: string },
-    revokedAt: string,
-  ): AtomicWrite {
-    const keep = lease.status === "revoking" || lease.status === "revoke_failed";
+  settleDirect(lease: Lease, request: RevocationRequestFields, revokedAt: string): AtomicWrite {
     return this.finish(
       this.guarded(lease, [lease.status], lease.status === "revoking").patch(
-        {
-          status: "revoked",
-          revokedAt,
-          revokeReason: keep ? (lease.revokeReason ?? request.reason) : request.reason,
-          revokeRequestedAt: keep ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
-          revokeRequestedBy: keep ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
-        },
+        this.directFields(lease, request, revokedAt),
         { expiry: { seconds: this.timing.retentionSeconds } },
       ),
       lease,
     );
+  }
+
+  /**
+   * {@link settleDirect} as a patch of the fixed shape many settle in one call (an expiry
+   * storm, a task's fan-out): for an issuing or active lease with no handle, the case of
+   * nearly every lease settled that way; undefined for the rest, which take the general write.
+   * The same guard, fields, expiry and index removals as {@link settleDirect}.
+   */
+  settleDirectPatch(
+    lease: Lease,
+    request: RevocationRequestFields,
+    revokedAt: string,
+  ): Omit<BatchPatch, "event"> | undefined {
+    if ((lease.status !== "issuing" && lease.status !== "active") || lease.handle) return undefined;
+    const shard = this.shardOf(lease.id);
+    return {
+      shard,
+      key: shard.lease(lease.id),
+      status: lease.status,
+      fields: this.directFields(lease, request, revokedAt),
+      expirySeconds: this.timing.retentionSeconds,
+      member: lease.id,
+      removeFrom: [shard.revokingLeases, shard.liveLeases],
+    };
+  }
+
+  /** What a direct settle sets: revoked, and the revocation's who, when and why (kept from an ongoing round). */
+  private directFields(lease: Lease, request: RevocationRequestFields, revokedAt: string) {
+    const keep = lease.status === "revoking" || lease.status === "revoke_failed";
+    return {
+      status: "revoked",
+      revokedAt,
+      revokeReason: keep ? (lease.revokeReason ?? request.reason) : request.reason,
+      revokeRequestedAt: keep ? (lease.revokeRequestedAt ?? request.requestedAt) : request.requestedAt,
+      revokeRequestedBy: keep ? (lease.revokeRequestedBy ?? request.requestedBy) : request.requestedBy,
+    };
   }
 
   /**

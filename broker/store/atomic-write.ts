@@ -1,5 +1,29 @@
-import type { Cluster, Redis } from "ioredis";
+import type { ChainableCommander, Cluster, Redis } from "ioredis";
 import { type ShardKeys, sendEach } from "../redis.ts";
+
+/**
+ * Lua: appends an audit event to its shard's stream and its id to each index list (key
+ * names), trimming by retention: the stream by `MINID`; a list expires whole once unused,
+ * and ids past retention point at trimmed events, so every 16th append drops those at the
+ * head, up to 8 per append since the last look (a list shorter than 16 expires whole instead).
+ */
+const LUA_APPEND_EVENT = `
+local function appendEvent(stream, json, indexes, minId, indexTtl)
+  local id = redis.call('XADD', stream, 'MINID', '~', minId, '*', 'e', json)
+  for _, index in ipairs(indexes) do
+    local length = redis.call('RPUSH', index, id)
+    redis.call('EXPIRE', index, indexTtl)
+    if length % 16 == 0 then
+      for _ = 1, 128 do
+        local head = redis.call('LINDEX', index, 0)
+        if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(minId) then break end
+        redis.call('LPOP', index)
+      end
+    end
+  end
+  return id
+end
+`;
 
 /**
  * Atomic changes to one shard: each write has guards on records, a new record or a patch of
@@ -12,7 +36,7 @@ import { type ShardKeys, sendEach } from "../redis.ts";
  * events waiting clients hear of (`ARGV[5]`, a line each). Events travel as arguments of their
  * own (from `ARGV[7]`), not escaped inside the writes' JSON.
  */
-const ATOMIC_WRITE_SCRIPT = `
+const ATOMIC_WRITE_SCRIPT = `${LUA_APPEND_EVENT}
 local minId, indexTtl, liveChannel, shard = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local changed, live = {}, {}
 local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
@@ -101,21 +125,10 @@ local function apply(spec)
       body[event.n] = #moved
       json = cjson.encode(body)
     end
-    local id = redis.call('XADD', KEYS[spec.x], 'MINID', '~', minId, '*', 'e', json)
+    local indexes = {}
+    for n, index in ipairs(event.i or {}) do indexes[n] = KEYS[index] end
+    local id = appendEvent(KEYS[spec.x], json, indexes, minId, indexTtl)
     ids[i] = id
-    for _, index in ipairs(event.i or {}) do
-      local length = redis.call('RPUSH', KEYS[index], id)
-      redis.call('EXPIRE', KEYS[index], indexTtl)
-      -- Ids past retention point at trimmed events: every 16th append drops those at the head,
-      -- up to 8 per append since the last look (a list shorter than 16 expires whole instead).
-      if length % 16 == 0 then
-        for _ = 1, 128 do
-          local head = redis.call('LINDEX', KEYS[index], 0)
-          if not head or tonumber(string.match(head, '^(%d+)')) >= tonumber(minId) then break end
-          redis.call('LPOP', KEYS[index])
-        end
-      end
-    end
     if event.p then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
   end
   if spec.q then raw = false end
@@ -141,6 +154,68 @@ end
 publishChanged()
 return replies
 `;
+
+/**
+ * Many guarded patches of one fixed shape in one call, for a hot path where the general
+ * script's per-write description would cost more than the write (settling thousands of
+ * expired leases at once). Each patch: the record at a key must hold a status; then fields
+ * are set, its expiry set, a member removed from sorted sets, and one audit event appended.
+ * Applied or refused each on its own, one reply each: the event's stream id, or false.
+ * `KEYS[1]` is the shard's audit stream; `ARGV[1..5]` as the general script's changes
+ * channel, minimum id, index TTL, live channel and shard; `ARGV[6]` a JSON array of the
+ * patches, each [key number, status, expiry seconds, member, set key numbers, event index key
+ * numbers, published (1 or 0), fields]; each patch's event JSON from `ARGV[7]`, in order.
+ */
+const PATCH_BATCH_SCRIPT = `${LUA_APPEND_EVENT}
+local changesChannel, minId, indexTtl, liveChannel, shard = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local changed, live, replies = {}, {}, {}
+local function apply(patch, json)
+  local key = KEYS[patch[1]]
+  local raw = redis.call('GET', key)
+  if not raw then return false end
+  local record = cjson.decode(raw)
+  if record.status ~= patch[2] then return false end
+  for field, value in pairs(patch[8]) do record[field] = value end
+  redis.call('SET', key, cjson.encode(record), 'EX', patch[3])
+  changed[#changed + 1] = key
+  for _, set in ipairs(patch[5]) do redis.call('ZREM', KEYS[set], patch[4]) end
+  local indexes = {}
+  for n, index in ipairs(patch[6]) do indexes[n] = KEYS[index] end
+  local id = appendEvent(KEYS[1], json, indexes, minId, indexTtl)
+  if patch[7] == 1 then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
+  return id
+end
+local function publishChanged()
+  if #changed > 0 and changesChannel ~= '' then redis.call('PUBLISH', changesChannel, table.concat(changed, '\\n')) end
+  if #live > 0 then redis.call('PUBLISH', liveChannel, table.concat(live, '\\n')) end
+end
+for i, patch in ipairs(cjson.decode(ARGV[6])) do
+  local ok, reply = pcall(apply, patch, ARGV[6 + i])
+  if not ok then
+    publishChanged()
+    return redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
+  end
+  replies[i] = reply
+end
+publishChanged()
+return replies
+`;
+
+/**
+ * One patch of a batch (see {@link AtomicWriter.runPatches}): the record at `key` must hold
+ * `status`; `fields` are set on it, its expiry becomes `expirySeconds`, `member` leaves the
+ * sorted sets `removeFrom`, and `event` is appended. Every key in the patch's shard.
+ */
+export interface BatchPatch {
+  readonly shard: ShardKeys;
+  readonly key: string;
+  readonly status: string;
+  readonly fields: Readonly<Record<string, string>>;
+  readonly expirySeconds: number;
+  readonly member: string;
+  readonly removeFrom: readonly string[];
+  readonly event: PreparedEvent;
+}
 
 type Op = [
   op: "ZADD" | "ZREM" | "ZREMRANGEBYSCORE" | "HSET" | "HDEL" | "EXPIRE" | "PERSIST" | "DEL",
@@ -371,6 +446,7 @@ export interface AtomicResult {
 type ScriptReply = [number, string | null, number, string[]?, string[]?];
 type Client = (Redis | Cluster) & {
   jitkeyAtomicWrite(...args: string[]): Promise<ScriptReply[]>;
+  jitkeyPatchBatch(...args: string[]): Promise<(string | null)[]>;
 };
 
 /** One write as the script reads it (see {@link AtomicWrite.spec}). */
@@ -407,6 +483,7 @@ export class AtomicWriter {
     // Registered once per client: ioredis then sends EVALSHA, and the body only on a miss.
     if (!("jitkeyAtomicWrite" in redis))
       redis.defineCommand("jitkeyAtomicWrite", { lua: ATOMIC_WRITE_SCRIPT });
+    if (!("jitkeyPatchBatch" in redis)) redis.defineCommand("jitkeyPatchBatch", { lua: PATCH_BATCH_SCRIPT });
   }
 
   async run(write: AtomicWrite): Promise<AtomicResult> {
@@ -422,32 +499,106 @@ export class AtomicWriter {
   async runAll(writes: readonly AtomicWrite[]): Promise<AtomicResult[]> {
     if (writes.length === 0) return [];
     if (writes.length === 1) return [await this.run(writes[0] as AtomicWrite)];
-    // A script's keys must all be in one Redis Cluster slot: calls never mix shards.
+    const replies = await this.inCalls(writes, (target, call) =>
+      (target as Client).jitkeyAtomicWrite(...this.args(call)),
+    );
+    return replies.map((reply) => toResult(reply as ScriptReply));
+  }
+
+  /**
+   * Applies guarded patches of one fixed shape (see {@link BatchPatch}), grouped and pipelined
+   * as {@link runAll} does. Returns, for each, its event's stream id, or undefined when its
+   * record was gone or held another status (nothing applied).
+   */
+  async runPatches(patches: readonly BatchPatch[]): Promise<(string | undefined)[]> {
+    const replies = await this.inCalls(patches, (target, call) =>
+      (target as Client).jitkeyPatchBatch(...this.patchArgs(call)),
+    );
+    return replies.map((reply) => (typeof reply === "string" ? reply : undefined));
+  }
+
+  /**
+   * Sends `items` in script calls of one shard each (a script's keys must all be in one Redis
+   * Cluster slot), up to {@link WRITES_PER_CALL} a call, the calls pipelined. Returns the
+   * script's reply for each item, in order; a failed call throws.
+   */
+  private async inCalls<T extends { readonly shard: ShardKeys }>(
+    items: readonly T[],
+    send: (target: Redis | Cluster | ChainableCommander, call: T[]) => unknown,
+  ): Promise<unknown[]> {
     const byShard = new Map<number, number[]>();
-    writes.forEach((write, at) => {
-      const list = byShard.get(write.shard.index) ?? [];
+    items.forEach((item, at) => {
+      const list = byShard.get(item.shard.index) ?? [];
       list.push(at);
-      byShard.set(write.shard.index, list);
+      byShard.set(item.shard.index, list);
     });
-    const results: AtomicResult[] = new Array(writes.length);
+    const results: unknown[] = new Array(items.length);
     await Promise.all(
       [...byShard.values()].map(async (positions) => {
         const calls: number[][] = [];
         for (let at = 0; at < positions.length; at += WRITES_PER_CALL)
           calls.push(positions.slice(at, at + WRITES_PER_CALL));
         const replies = await sendEach(this.redis, calls, (target, call) =>
-          (target as Client).jitkeyAtomicWrite(...this.args(call.map((at) => writes[at] as AtomicWrite))),
+          send(
+            target,
+            call.map((at) => items[at] as T),
+          ),
         );
         calls.forEach((call, i) => {
           const [error, reply] = replies[i] ?? [new Error("no reply"), null];
           if (error) throw error;
           call.forEach((at, n) => {
-            results[at] = toResult((reply as ScriptReply[])[n] as ScriptReply);
+            results[at] = (reply as unknown[])[n];
           });
         });
       }),
     );
     return results;
+  }
+
+  /** One batch call's arguments (see the script). */
+  private patchArgs(patches: readonly BatchPatch[]): string[] {
+    const shard = (patches[0] as BatchPatch).shard;
+    const keys = [shard.audit];
+    const numbers = new Map<string, number>([[shard.audit, 1]]);
+    const number = (key: string): number => {
+      let at = numbers.get(key);
+      if (at === undefined) {
+        if (!key.startsWith(shard.tag))
+          throw new Error(`key ${key} is not in shard ${shard.tag}: one call, one slot`);
+        at = keys.push(key);
+        numbers.set(key, at);
+      }
+      return at;
+    };
+    const events: string[] = [];
+    const specs = patches.map((patch) => {
+      events.push(patch.event.json);
+      return [
+        number(patch.key),
+        patch.status,
+        Math.max(1, Math.ceil(patch.expirySeconds)),
+        patch.member,
+        patch.removeFrom.map(number),
+        patch.event.indexKeys.map(number),
+        patch.event.publish ? 1 : 0,
+        patch.fields,
+      ];
+    });
+    return [String(keys.length), ...keys, ...this.shared(shard), JSON.stringify(specs), ...events];
+  }
+
+  /** The arguments every call shares: where changes and live events go, and retention. */
+  private shared(shard: ShardKeys): string[] {
+    const { retentionMs, changes, channel } = this.audit;
+    return [
+      changes ?? "",
+      // Stream ids are Redis server time: trimming is by wall-clock age, whatever clock the broker runs on.
+      String(Math.max(0, Date.now() - retentionMs)),
+      String(Math.ceil(retentionMs / 1000)),
+      channel,
+      String(shard.index),
+    ];
   }
 
   /** One call's arguments: the writes' keys (each once), the writes, and what they share. */
@@ -468,17 +619,11 @@ export class AtomicWriter {
       });
       return write.spec((n) => local[n - 1] as number, argument);
     });
-    const { retentionMs, changes, channel } = this.audit;
     return [
       String(keys.length),
       ...keys,
       JSON.stringify(specs),
-      changes ?? "",
-      // Stream ids are Redis server time: trimming is by wall-clock age, whatever clock the broker runs on.
-      String(Math.max(0, Date.now() - retentionMs)),
-      String(Math.ceil(retentionMs / 1000)),
-      channel,
-      String((writes[0] as AtomicWrite).shard.index),
+      ...this.shared((writes[0] as AtomicWrite).shard),
       ...events,
     ];
   }
