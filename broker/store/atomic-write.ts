@@ -26,6 +26,35 @@ end
 `;
 
 /**
+ * Lua: the tail both scripts share. `applyEach(items, apply, changesChannel, liveChannel)`
+ * calls `apply(item, i)` on each item, one reply each; an apply adds the keys of records it
+ * patched to `changed` and the events waiting clients hear of to `live`. Processes that
+ * cache record state drop those keys, and waiting clients hear of those events: one message
+ * each per call, a line per record or event — also when an item fails midway, since what the
+ * items before it (and it, up to the failure) changed stays changed.
+ */
+const LUA_APPLY_EACH = `
+local changed, live = {}, {}
+local function applyEach(items, apply, changesChannel, liveChannel)
+  local function publish()
+    if #changed > 0 and changesChannel ~= '' then redis.call('PUBLISH', changesChannel, table.concat(changed, '\\n')) end
+    if #live > 0 then redis.call('PUBLISH', liveChannel, table.concat(live, '\\n')) end
+  end
+  local replies = {}
+  for i, item in ipairs(items) do
+    local ok, reply = pcall(apply, item, i)
+    if not ok then
+      publish()
+      return redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
+    end
+    replies[i] = reply
+  end
+  publish()
+  return replies
+end
+`;
+
+/**
  * Atomic changes to one shard: each write has guards on records, a new record or a patch of
  * the guarded one, index updates, a fan-out of a task's leases, and the audit events that go
  * with it, all applied by one Lua script, so a crash can never leave a state change without
@@ -36,9 +65,8 @@ end
  * events waiting clients hear of (`ARGV[5]`, a line each). Events travel as arguments of their
  * own (from `ARGV[7]`), not escaped inside the writes' JSON.
  */
-const ATOMIC_WRITE_SCRIPT = `${LUA_APPEND_EVENT}
+const ATOMIC_WRITE_SCRIPT = `${LUA_APPEND_EVENT}${LUA_APPLY_EACH}
 local minId, indexTtl, liveChannel, shard = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local changed, live = {}, {}
 local allowed = {ZADD=1, ZREM=1, ZREMRANGEBYSCORE=1, HSET=1, HDEL=1, EXPIRE=1, PERSIST=1, DEL=1}
 
 local function apply(spec)
@@ -135,24 +163,7 @@ local function apply(spec)
   return {1, raw or false, 0, ids, moved}
 end
 
--- Processes that cache record state drop these, and waiting clients hear of these events:
--- also when a write fails midway, since what the writes before it (and it, up to the failure)
--- changed stays changed. One message each per call, a line per record or event.
-local function publishChanged()
-  if #changed > 0 and ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], table.concat(changed, '\\n')) end
-  if #live > 0 then redis.call('PUBLISH', liveChannel, table.concat(live, '\\n')) end
-end
-local replies = {}
-for i, spec in ipairs(cjson.decode(ARGV[1])) do
-  local ok, reply = pcall(apply, spec)
-  if not ok then
-    publishChanged()
-    return redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
-  end
-  replies[i] = reply
-end
-publishChanged()
-return replies
+return applyEach(cjson.decode(ARGV[1]), apply, ARGV[2], liveChannel)
 `;
 
 /**
@@ -166,10 +177,10 @@ return replies
  * patches, each [key number, status, expiry seconds, member, set key numbers, event index key
  * numbers, published (1 or 0), fields]; each patch's event JSON from `ARGV[7]`, in order.
  */
-const PATCH_BATCH_SCRIPT = `${LUA_APPEND_EVENT}
-local changesChannel, minId, indexTtl, liveChannel, shard = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local changed, live, replies = {}, {}, {}
-local function apply(patch, json)
+const PATCH_BATCH_SCRIPT = `${LUA_APPEND_EVENT}${LUA_APPLY_EACH}
+local minId, indexTtl, shard = ARGV[2], ARGV[3], ARGV[5]
+local function apply(patch, i)
+  local json = ARGV[6 + i]
   local key = KEYS[patch[1]]
   local raw = redis.call('GET', key)
   if not raw then return false end
@@ -185,20 +196,7 @@ local function apply(patch, json)
   if patch[7] == 1 then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
   return id
 end
-local function publishChanged()
-  if #changed > 0 and changesChannel ~= '' then redis.call('PUBLISH', changesChannel, table.concat(changed, '\\n')) end
-  if #live > 0 then redis.call('PUBLISH', liveChannel, table.concat(live, '\\n')) end
-end
-for i, patch in ipairs(cjson.decode(ARGV[6])) do
-  local ok, reply = pcall(apply, patch, ARGV[6 + i])
-  if not ok then
-    publishChanged()
-    return redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
-  end
-  replies[i] = reply
-end
-publishChanged()
-return replies
+return applyEach(cjson.decode(ARGV[6]), apply, ARGV[1], ARGV[4])
 `;
 
 /**
