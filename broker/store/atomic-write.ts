@@ -2,15 +2,16 @@ import type { ChainableCommander, Cluster, Redis } from "ioredis";
 import { type ShardKeys, sendEach } from "../redis.ts";
 
 /**
- * Lua: appends an audit event to its shard's stream and its id to each index list (key
- * names), trimming by retention: the stream by `MINID`; a list expires whole once unused,
+ * Lua: appends an audit event to its shard's stream and its id to each index list (given
+ * as numbers into `KEYS`), trimming by retention: the stream by `MINID`; a list expires whole once unused,
  * and ids past retention point at trimmed events, so every 16th append drops those at the
  * head, up to 8 per append since the last look (a list shorter than 16 expires whole instead).
  */
 const LUA_APPEND_EVENT = `
 local function appendEvent(stream, json, indexes, minId, indexTtl)
-  local id = redis.call('XADD', stream, 'MINID', '~', minId, '*', 'e', json)
-  for _, index in ipairs(indexes) do
+  local id = redis.call('XADD', KEYS[stream], 'MINID', '~', minId, '*', 'e', json)
+  for _, number in ipairs(indexes) do
+    local index = KEYS[number]
     local length = redis.call('RPUSH', index, id)
     redis.call('EXPIRE', index, indexTtl)
     if length % 16 == 0 then
@@ -153,9 +154,7 @@ local function apply(spec)
       body[event.n] = #moved
       json = cjson.encode(body)
     end
-    local indexes = {}
-    for n, index in ipairs(event.i or {}) do indexes[n] = KEYS[index] end
-    local id = appendEvent(KEYS[spec.x], json, indexes, minId, indexTtl)
+    local id = appendEvent(spec.x, json, event.i or {}, minId, indexTtl)
     ids[i] = id
     if event.p then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
   end
@@ -190,9 +189,7 @@ local function apply(patch, i)
   redis.call('SET', key, cjson.encode(record), 'EX', patch[3])
   changed[#changed + 1] = key
   for _, set in ipairs(patch[5]) do redis.call('ZREM', KEYS[set], patch[4]) end
-  local indexes = {}
-  for n, index in ipairs(patch[6]) do indexes[n] = KEYS[index] end
-  local id = appendEvent(KEYS[1], json, indexes, minId, indexTtl)
+  local id = appendEvent(1, json, patch[6], minId, indexTtl)
   if patch[7] == 1 then live[#live + 1] = shard .. ' ' .. id .. ' ' .. json end
   return id
 end
@@ -417,8 +414,7 @@ export class AtomicWrite {
   }
 
   private key(key: string): number {
-    if (!key.startsWith(this.shard.tag))
-      throw new Error(`key ${key} is not in shard ${this.shard.tag}: one write, one slot`);
+    inShard(this.shard, key);
     const at = this.keys.indexOf(key);
     if (at >= 0) return at + 1;
     return this.keys.push(key);
@@ -557,18 +553,9 @@ export class AtomicWriter {
   /** One batch call's arguments (see the script). */
   private patchArgs(patches: readonly BatchPatch[]): string[] {
     const shard = (patches[0] as BatchPatch).shard;
-    const keys = [shard.audit];
-    const numbers = new Map<string, number>([[shard.audit, 1]]);
-    const number = (key: string): number => {
-      let at = numbers.get(key);
-      if (at === undefined) {
-        if (!key.startsWith(shard.tag))
-          throw new Error(`key ${key} is not in shard ${shard.tag}: one call, one slot`);
-        at = keys.push(key);
-        numbers.set(key, at);
-      }
-      return at;
-    };
+    const keys = new CallKeys();
+    keys.number(shard.audit);
+    const number = (key: string) => keys.number(inShard(shard, key));
     const events: string[] = [];
     const specs = patches.map((patch) => {
       events.push(patch.event.json);
@@ -583,7 +570,7 @@ export class AtomicWriter {
         patch.fields,
       ];
     });
-    return [String(keys.length), ...keys, ...this.shared(shard), JSON.stringify(specs), ...events];
+    return [...keys.args(), ...this.shared(shard), JSON.stringify(specs), ...events];
   }
 
   /** The arguments every call shares: where changes and live events go, and retention. */
@@ -601,30 +588,48 @@ export class AtomicWriter {
 
   /** One call's arguments: the writes' keys (each once), the writes, and what they share. */
   private args(writes: readonly AtomicWrite[]): string[] {
-    const keys: string[] = [];
-    const numbers = new Map<string, number>();
+    const keys = new CallKeys();
     const events: string[] = [];
     // The fixed arguments come first (ARGV[1..6]): events from ARGV[7].
     const argument = (json: string) => events.push(json) + 6;
     const specs = writes.map((write) => {
-      const local = write.keys.map((key) => {
-        let number = numbers.get(key);
-        if (number === undefined) {
-          number = keys.push(key);
-          numbers.set(key, number);
-        }
-        return number;
-      });
+      const local = write.keys.map((key) => keys.number(key));
       return write.spec((n) => local[n - 1] as number, argument);
     });
     return [
-      String(keys.length),
-      ...keys,
+      ...keys.args(),
       JSON.stringify(specs),
       ...this.shared((writes[0] as AtomicWrite).shard),
       ...events,
     ];
   }
+}
+
+/** A script call's keys, each once, numbered from 1 as the script reads them from `KEYS`. */
+class CallKeys {
+  readonly #keys: string[] = [];
+  readonly #numbers = new Map<string, number>();
+
+  number(key: string): number {
+    let at = this.#numbers.get(key);
+    if (at === undefined) {
+      at = this.#keys.push(key);
+      this.#numbers.set(key, at);
+    }
+    return at;
+  }
+
+  /** The call's leading arguments: how many keys, then the keys. */
+  args(): string[] {
+    return [String(this.#keys.length), ...this.#keys];
+  }
+}
+
+/** Returns `key` if it is in `shard`: a script's keys must all be in one Redis Cluster slot. */
+function inShard(shard: ShardKeys, key: string): string {
+  if (!key.startsWith(shard.tag))
+    throw new Error(`key ${key} is not in shard ${shard.tag}: one script call, one slot`);
+  return key;
 }
 
 function toResult(reply: ScriptReply): AtomicResult {
